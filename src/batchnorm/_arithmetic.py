@@ -1,0 +1,84 @@
+"""Per-channel coefficients of the inference map, in a dialect's own float arithmetic.
+
+The elementwise work (see :mod:`batchnorm._kernels`) is one of four forms over per-channel arrays::
+
+    centered: y = (x - shift) * scale + offset
+    affine:   y = x * scale + offset                  offset = beta - mean * scale
+    fma:      y = fma(x, scale, offset)               offset = fma(-mean, scale, beta)
+    ratio:    y = (x - shift) * scale / divisor + offset     scale = gamma, divisor = sqrt(var + eps)
+
+This module forms those arrays per channel (C values, negligible cost) exactly as the framework rounds
+them: ``scale = (1 / sqrt(var + eps)) * gamma`` ("reciprocal") or ``gamma / sqrt(var + eps)``
+("quotient"), every operation rounded in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dialects import Dialect, Elementwise
+
+__all__ = ["Coefficients", "coefficients", "compute_dtype", "fma"]
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """The per-channel arrays of one elementwise form, all in ``dtype`` (flat, length C)."""
+
+    form: Elementwise
+    shift: np.ndarray
+    scale: np.ndarray
+    divisor: np.ndarray
+    offset: np.ndarray
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.scale.dtype
+
+
+def compute_dtype(dialect: Dialect, x_dtype: np.dtype) -> np.dtype:
+    """float64 for the exact dialect and for float64 input; float32 (the frameworks' opmath) otherwise."""
+    if dialect.precision == "float64" or np.dtype(x_dtype) == np.float64:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """a * b + c rounded once to float32 (the product of two float32 is exact in float64).
+
+    For float64 the product is rounded before the sum: numpy has no fused multiply-add, so float64 fma
+    dialects are reproduced within an ulp rather than to the bit.
+    """
+    wide = a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)
+    return wide.astype(dtype)
+
+
+def coefficients(
+    dialect: Dialect,
+    mean: np.ndarray,
+    var: np.ndarray,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    eps: float,
+    dtype: np.dtype,
+) -> Coefficients:
+    """The coefficients of ``dialect``'s inference map for flat per-channel statistics and parameters."""
+    m = mean.astype(dtype)
+    g = np.ones_like(m) if gamma is None else gamma.astype(dtype)
+    b = np.zeros_like(m) if beta is None else beta.astype(dtype)
+    root = np.sqrt(var.astype(dtype) + dtype.type(eps))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if dialect.scale_form == "quotient":
+            s = g / root
+        else:
+            s = (dtype.type(1) / root) * g
+        form = dialect.elementwise
+        if form == "affine":
+            return Coefficients(form, m, s, root, b - m * s)
+        if form == "fma":
+            return Coefficients(form, m, s, root, fma(-m, s, b, dtype))
+        if form == "ratio":
+            return Coefficients(form, m, g, root, b)
+        return Coefficients(form, m, s, root, b)

@@ -1,0 +1,145 @@
+"""The registered dialects, one record per framework convention (facts cited per record)."""
+
+from __future__ import annotations
+
+from .dialects import TF_MIN_EPSILON, Dialect
+
+_KERAS = dict(eps=1e-3, momentum=0.99, momentum_side="old", axis=-1, running_variance="biased")
+_TF_KERAS_FUSED = (
+    ("running_variance", "unbiased"),
+    ("elementwise", "centered"),
+    ("scale_form", "quotient"),
+    ("path", "fused"),
+)
+_TF_KERAS_FUSED_LAYOUTS = ((4, (1, 3)), (5, (1, 4)))
+
+EXACT = Dialect(
+    name="exact",
+    framework="batchnorm (textbook, correctly rounded)",
+    eps=1e-5,
+    momentum=0.99,
+    momentum_side="old",
+    axis=-1,
+    running_variance="unbiased",
+    statistics_precision="float64",
+    precision="float64",
+    scale_form="quotient",
+    elementwise="centered",
+    eps_in_float32=False,
+    source="y = (x - mean) / sqrt(var + eps) * gamma + beta in float64, rounded once",
+)
+
+TORCH = Dialect(
+    name="torch",
+    framework="PyTorch 2.13 (CPU)",
+    eps=1e-5,
+    momentum=0.1,
+    momentum_side="new",
+    axis=1,
+    running_variance="unbiased",
+    statistics_precision="float64",
+    elementwise="fma",
+    refuses_nonpositive_eps_in_training=True,
+    refuses_single_value_in_training=True,
+    parameter_names=("weight", "bias", "running_mean", "running_var"),
+    source="pytorch/pytorch aten/src/ATen/native/cpu/batch_norm_kernel.cpp; torch/nn/functional.py",
+)
+
+ONNX = Dialect(
+    name="onnx",
+    framework="ONNX BatchNormalization (spec, reference evaluator)",
+    eps=1e-5,
+    momentum=0.9,
+    momentum_side="old",
+    axis=1,
+    running_variance="biased",
+    elementwise="ratio",
+    parameter_names=("scale", "B", "input_mean", "input_var"),
+    source="onnx/onnx onnx/defs/nn/defs.cc; onnx/reference/ops/op_batch_normalization.py",
+)
+
+ONNXRUNTIME = ONNX.derive(
+    "onnxruntime",
+    framework="onnxruntime 1.32 (CPU)",
+    elementwise="affine",
+    source="microsoft/onnxruntime onnxruntime/core/providers/cpu/nn/batch_norm.h",
+)
+
+KERAS3_TENSORFLOW = Dialect(
+    name="keras3-tensorflow",
+    framework="Keras 3 on TensorFlow",
+    **_KERAS,  # type: ignore[arg-type]
+    source="keras-team/keras keras/src/backend/tensorflow/nn.py (tf.nn.batch_normalization)",
+)
+
+KERAS3_JAX = KERAS3_TENSORFLOW.derive(
+    "keras3-jax",
+    framework="Keras 3 on JAX (XLA, CPU)",
+    approximate_rsqrt=True,
+    source="keras-team/keras keras/src/backend/jax/nn.py (jax.lax.rsqrt)",
+)
+
+KERAS3_TORCH = KERAS3_TENSORFLOW.derive(
+    "keras3-torch",
+    framework="Keras 3 on PyTorch",
+    variance="sum_of_squares",
+    elementwise="centered",
+    source="keras-team/keras keras/src/backend/torch/nn.py (moments: E[x^2] - E[x]^2)",
+)
+
+TF_KERAS = Dialect(
+    name="tf-keras",
+    framework="tf_keras / tf.keras >= 2.12 (fused path for rank 4/5, oneDNN on)",
+    **_KERAS,  # type: ignore[arg-type]
+    fused_layouts=_TF_KERAS_FUSED_LAYOUTS,
+    fused_changes=_TF_KERAS_FUSED,
+    path="unfused",
+    source="keras-team/tf-keras tf_keras/layers/normalization/batch_normalization.py; "
+    "tensorflow/tensorflow tensorflow/core/kernels/fused_batch_norm_op.cc",
+)
+
+TF_KERAS_UNFUSED = TF_KERAS.derive(
+    "tf-keras-unfused",
+    framework="tf_keras with fused=False (tf.nn.moments + tf.nn.batch_normalization)",
+    fused_layouts=(),
+    fused_changes=(),
+    source="tensorflow/tensorflow tensorflow/python/ops/nn_impl.py",
+)
+
+TF_KERAS_211 = TF_KERAS.derive(
+    "tf-keras-2.11",
+    framework="tf.keras in TF <= 2.11 (fused path raises eps to 1.001e-5)",
+    fused_changes=(*_TF_KERAS_FUSED, ("eps_floor", TF_MIN_EPSILON)),
+    source="tensorflow/tensorflow v2.11 tensorflow/python/ops/nn_impl.py fused_batch_norm "
+    "(min_epsilon = 1.001e-5; removed in 2.12, tensorflow/tensorflow#37768)",
+)
+
+FLAX = Dialect(
+    name="flax",
+    framework="Flax linen BatchNorm (use_fast_variance=True)",
+    eps=1e-5,
+    momentum=0.99,
+    momentum_side="old",
+    axis=-1,
+    running_variance="biased",
+    variance="sum_of_squares_clamped",
+    elementwise="centered",
+    approximate_rsqrt=True,
+    promote_output=True,
+    parameter_names=("scale", "bias", "mean", "var"),
+    source="google/flax flax/linen/normalization.py (_compute_stats, _normalize)",
+)
+
+RECORDS = (
+    EXACT,
+    TORCH,
+    ONNX,
+    ONNXRUNTIME,
+    KERAS3_TENSORFLOW,
+    KERAS3_JAX,
+    KERAS3_TORCH,
+    TF_KERAS,
+    TF_KERAS_UNFUSED,
+    TF_KERAS_211,
+    FLAX,
+)

@@ -1,0 +1,353 @@
+"""Batch normalization as pure functions: inference, training forward, running statistics, backward.
+
+Notation, per channel c, over the n values of every non-channel position::
+
+    mean = sum(x) / n,    var = sum((x - mean)^2) / n           (the biased batch variance)
+    y    = (x - mean) / sqrt(var + eps) * gamma + beta
+
+``gamma=None`` means 1 (no scale) and ``beta=None`` means 0 (no centre). Statistics and parameters have
+the channel shape: ``x.shape[axis]``, or the shape of the channel axes when ``axis`` is a tuple.
+Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _kernels, _validate
+from ._arithmetic import coefficients, compute_dtype
+from ._errors import BatchNormError, BatchNormWarning, FrameworkRuleError
+from ._layout import Layout, plan
+from ._rounding import round_once
+from .dialects import Dialect, get
+
+__all__ = ["BatchResult", "backward", "normalize", "normalize_batch", "update_running"]
+
+Axis = int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The result of a training forward pass.
+
+    Attributes
+    ----------
+    y : ndarray
+        The normalized output, shape and dtype of ``x``.
+    mean, var : ndarray
+        The batch mean and the **biased** batch variance (divided by n): what ``y`` was normalized with.
+        float64 for the exact dialect; the framework's statistics dtype otherwise.
+    count : int
+        n, the number of values per channel.
+    dialect : Dialect
+        The dialect as resolved for this input (tf-keras: its fused or unfused path).
+    """
+
+    y: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    count: int
+    dialect: Dialect
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    x: np.ndarray
+    layout: Layout
+    dialect: Dialect
+    eps: float
+
+
+def _prepare(x: Any, axis: Axis | None, eps: float | None, dialect: str | Dialect) -> _Prepared:
+    d = get(dialect)
+    x = _validate.input_array(x)
+    axes = _validate.channel_axes(d.axis if axis is None else axis, x.ndim)
+    d = d.for_input(x.ndim, axes)
+    eps_value = d.effective_eps(_validate.epsilon(d.eps if eps is None else eps))
+    return _Prepared(x, plan(x, axes), d, eps_value)
+
+
+def _output(p: _Prepared, dtype: np.dtype, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if out is None:
+        return p.layout.new_output(dtype)
+    if not isinstance(out, np.ndarray) or out.shape != p.x.shape or out.dtype != dtype:
+        got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise BatchNormError(
+            f"out must be an array of shape {p.x.shape} and dtype {dtype}; got {got}. "
+            "Allocate it with numpy.empty_like(x), or leave out=None"
+        )
+    if out is not p.x and np.shares_memory(out, p.x):
+        raise BatchNormError(
+            "out may share memory with x only when it is x itself (an in-place call); "
+            "got an overlapping view. Pass a separate array, or out=x"
+        )
+    view = p.layout.view3(out)
+    if view is None:
+        view = np.empty((p.layout.outer, p.layout.channels, p.layout.inner), dtype)
+    return out, view
+
+
+def _finish(out: np.ndarray, out3: np.ndarray, layout: Layout) -> None:
+    if layout.view3(out) is None:
+        out[...] = out3.reshape([layout.shape[a] for a in layout.perm]).transpose(np.argsort(layout.perm))
+
+
+def _output_dtype(d: Dialect, x: np.ndarray, *params: Any) -> np.dtype:
+    """x's dtype; for a promoting dialect (Flax), promoted with the dtypes of the array parameters
+    (Python numbers and lists are weak, as in NumPy and JAX)."""
+    if not d.promote_output:
+        return x.dtype
+    return np.result_type(x.dtype, *(p.dtype for p in params if isinstance(p, (np.ndarray, np.generic))))
+
+
+def _parameters(p: _Prepared, gamma: Any, beta: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    shape = p.layout.channel_shape
+    g = None if gamma is None else _validate.channel_parameter(gamma, "gamma", shape)
+    b = None if beta is None else _validate.channel_parameter(beta, "beta", shape)
+    return g, b
+
+
+def _flat(layout: Layout, a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else layout.flat_channels(a)
+
+
+def _transform(
+    p: _Prepared,
+    mean: np.ndarray,
+    var: np.ndarray,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    out: np.ndarray | None,
+    raw: tuple[Any, ...] = (),
+) -> np.ndarray:
+    layout = p.layout
+    co = coefficients(
+        p.dialect,
+        layout.flat_channels(mean),
+        layout.flat_channels(var),
+        _flat(layout, gamma),
+        _flat(layout, beta),
+        p.eps,
+        compute_dtype(p.dialect, p.x.dtype),
+    )
+    y, y3 = _output(p, _output_dtype(p.dialect, p.x, *raw), out)
+    _kernels.apply_affine(layout.input3(p.x), co, y3)
+    _finish(y, y3, layout)
+    return y
+
+
+def normalize(
+    x: Any,
+    mean: Any,
+    var: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    *,
+    axis: Axis | None = None,
+    eps: float | None = None,
+    dialect: str | Dialect = "exact",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Inference: normalize ``x`` with given statistics.
+
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, per channel, in the dialect's arithmetic
+    (the exact dialect: float64, rounded once to the dtype of ``x``).
+
+    Parameters
+    ----------
+    x : ndarray, rank >= 2, float16, bfloat16, float32 or float64
+    mean, var, gamma, beta : array_like of the channel shape (gamma, beta optional)
+    axis : int or tuple of ints, optional
+        The channel axis or axes; None means the dialect's default (-1 exact/Keras/Flax, 1 torch/ONNX).
+    eps : float >= 0, optional
+        None means the dialect's default. 0 is allowed; var + eps == 0 in a channel raises.
+    dialect : str or Dialect
+    out : ndarray, optional
+        Where to write y (shape and dtype of the result); may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray
+        The shape of ``x``, and its dtype (Flax promotes to the parameters' dtype, as Flax does).
+    """
+    p = _prepare(x, axis, eps, dialect)
+    shape = p.layout.channel_shape
+    m = _validate.channel_parameter(mean, "mean", shape)
+    v = _validate.variance(var, shape)
+    g, b = _parameters(p, gamma, beta)
+    _validate.nonzero_denominator(v, p.eps)
+    return _transform(p, m, v, g, b, out, raw=(mean, var, gamma, beta))
+
+
+def normalize_batch(
+    x: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    *,
+    axis: Axis | None = None,
+    eps: float | None = None,
+    dialect: str | Dialect = "exact",
+) -> BatchResult:
+    """Training forward: normalize ``x`` with its own per-channel mean and biased variance.
+
+    The batch variance is ``sum((x - mean)^2) / n`` computed two-pass in float64 for the exact dialect;
+    dialects that reproduce a framework use its algorithm (Flax and Keras 3 on torch: E[x^2] - E[x]^2).
+    One value per channel (n = 1) gives variance 0 and a :class:`BatchNormWarning`, unless the dialect's
+    framework refuses it (PyTorch).
+    """
+    p = _prepare(x, axis, eps, dialect)
+    g, b = _parameters(p, gamma, beta)
+    n = p.layout.count
+    _check_training(p, n)
+    stats_dtype = _statistics_dtype(p)
+    mean3, var3 = _kernels.moments(p.layout.input3(p.x), p.dialect.variance, stats_dtype)
+    mean = p.layout.unflat_channels(mean3)
+    var = p.layout.unflat_channels(var3)
+    _validate.nonzero_denominator(var, p.eps, where="batch variance")
+    y = _transform(p, mean, var, g, b, None, raw=(gamma, beta))
+    return BatchResult(y=y, mean=mean, var=var, count=n, dialect=p.dialect)
+
+
+def _statistics_dtype(p: _Prepared) -> np.dtype:
+    if p.dialect.statistics_precision == "float64":
+        return np.dtype(np.float64)
+    return compute_dtype(p.dialect, p.x.dtype)
+
+
+def _check_training(p: _Prepared, n: int) -> None:
+    d = p.dialect
+    if n == 0:
+        raise BatchNormError(
+            f"training needs at least one value per channel; got an empty batch of shape {p.x.shape}. "
+            "Skip empty batches, or call normalize() for inference"
+        )
+    if d.refuses_nonpositive_eps_in_training and p.eps <= 0:
+        raise FrameworkRuleError(
+            f"{d.framework} refuses eps <= 0 in training; got eps = {p.eps!r}. "
+            "Pass eps > 0, or use dialect='exact', which allows eps = 0"
+        )
+    if n == 1:
+        if d.refuses_single_value_in_training:
+            raise FrameworkRuleError(
+                f"{d.framework} expects more than 1 value per channel when training; got input shape "
+                f"{p.x.shape}. Train with a larger batch, or use dialect='exact' (which warns)"
+            )
+        warnings.warn(
+            f"one value per channel (input shape {p.x.shape}): the batch variance is 0, so y = beta "
+            "wherever eps > 0. Train with a larger batch",
+            BatchNormWarning,
+            stacklevel=3,
+        )
+
+
+def update_running(
+    moving_mean: Any,
+    moving_var: Any,
+    batch: BatchResult,
+    *,
+    momentum: float | str | None = None,
+    dialect: str | Dialect = "exact",
+    num_batches: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The moving statistics after one batch, as new arrays of the moving arrays' dtype.
+
+    With ``momentum`` weighing the old value (exact, Keras, ONNX, Flax)::
+
+        r <- momentum * r + (1 - momentum) * b
+
+    and weighing the new batch (PyTorch): ``r <- (1 - momentum) * r + momentum * b``.
+    ``momentum="cumulative"`` is PyTorch's cumulative average (its ``momentum=None``): the new batch
+    weighs ``1 / num_batches``, where ``num_batches`` counts this batch too.
+
+    The variance stored is the batch variance (``"biased"``) or its Bessel correction
+    ``var * n / (n - 1)`` (``"unbiased"``, PyTorch and tf-keras' fused path); with n = 1 the
+    correction is undefined and the biased value is stored. Computed in float64, rounded once.
+    """
+    d = get(dialect)
+    if d.name == batch.dialect.name:
+        d = batch.dialect  # resolved for the input's layout (tf-keras: fused or unfused path)
+    shape = batch.mean.shape
+    r_mean = _validate.channel_parameter(moving_mean, "moving_mean", shape)
+    r_var = _validate.variance(moving_var, shape, name="moving_var")
+    rule = _validate.momentum(d.momentum if momentum is None else momentum)
+    weight_new = _new_batch_weight(d, rule, num_batches)
+    n = batch.count
+    bessel = n / (n - 1) if d.running_variance == "unbiased" and n > 1 else 1.0
+    new_mean = (1.0 - weight_new) * r_mean.astype(np.float64) + weight_new * batch.mean.astype(np.float64)
+    batch_var = batch.var.astype(np.float64) * bessel
+    new_var = (1.0 - weight_new) * r_var.astype(np.float64) + weight_new * batch_var
+    return round_once(new_mean, r_mean.dtype), round_once(new_var, r_var.dtype)
+
+
+def _new_batch_weight(d: Dialect, momentum: float | str, num_batches: int | None) -> float:
+    if momentum == "cumulative":
+        if not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1:
+            raise BatchNormError(
+                f"momentum='cumulative' needs num_batches >= 1 (batches seen, this one included); "
+                f"got {num_batches!r}. Pass num_batches=layer.num_batches_tracked + 1"
+            )
+        return 1.0 / num_batches
+    assert isinstance(momentum, float)
+    return momentum if d.momentum_side == "new" else 1.0 - momentum
+
+
+def backward(
+    dy: Any,
+    x: Any,
+    gamma: Any = None,
+    *,
+    mean: Any,
+    var: Any,
+    axis: Axis | None = None,
+    eps: float | None = None,
+    training: bool = True,
+    dialect: str | Dialect = "exact",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of ``y = (x - mean) / sqrt(var + eps) * gamma + beta``.
+
+    With ``inv = 1 / sqrt(var + eps)`` and ``xh = (x - mean) * inv``, per channel over n values::
+
+        dbeta  = sum(dy)
+        dgamma = sum(dy * xh)
+        dx     = gamma * inv / n * (n * dy - dbeta - xh * dgamma)     (training: batch statistics)
+        dx     = gamma * inv * dy                                     (inference: fixed statistics)
+
+    In training, ``mean`` and ``var`` are the batch statistics the forward pass normalized with
+    (``BatchResult.mean``, ``BatchResult.var``). Computed in float64; dx has the dtype of ``x``,
+    dgamma and dbeta the dtype of ``gamma`` (of ``mean`` when gamma is None).
+    """
+    p = _prepare(x, axis, eps, dialect)
+    dy_arr = _validate.input_array(dy, "dy")
+    if dy_arr.shape != p.x.shape:
+        raise BatchNormError(
+            f"dy must have the shape of x {p.x.shape}; got {dy_arr.shape}. "
+            "Pass the gradient of the loss with respect to y"
+        )
+    layout, shape = p.layout, p.layout.channel_shape
+    m = _validate.channel_parameter(mean, "mean", shape)
+    v = _validate.variance(var, shape)
+    g = None if gamma is None else _validate.channel_parameter(gamma, "gamma", shape)
+    _validate.nonzero_denominator(v, p.eps)
+    mean_f = layout.flat_channels(m)
+    g_f = np.ones(layout.channels) if g is None else layout.flat_channels(g)
+    inv = 1.0 / np.sqrt(layout.flat_channels(v).astype(np.float64) + p.eps)
+    x3, dy3 = layout.input3(p.x), layout.input3(dy_arr)
+    dbeta, dy_xmu = _kernels.grad_sums(dy3, x3, mean_f)
+    dgamma = dy_xmu * inv
+    a = g_f.astype(np.float64) * inv
+    k = c = np.zeros_like(a)
+    if training:
+        n = layout.count
+        k, c = -a * inv * dgamma / n, -a * dbeta / n
+    dx, dx3 = layout.new_output(p.x.dtype)
+    _kernels.grad_input(dy3, x3, mean_f, a, k, c, dx3)
+    grad_dtype = (g if g is not None else m).dtype
+    return (
+        dx,
+        round_once(layout.unflat_channels(dgamma), grad_dtype),
+        round_once(layout.unflat_channels(dbeta), grad_dtype),
+    )
