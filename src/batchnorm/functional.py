@@ -208,7 +208,7 @@ def normalize_batch(
     mean = p.layout.unflat_channels(mean3)
     var = p.layout.unflat_channels(var3)
     _validate.nonzero_denominator(var, p.eps, where="batch variance")
-    y = _transform(p, mean, var, g, b, None, raw=(gamma, beta))
+    y = _transform(p, mean, var, g, b, None, raw=(gamma, beta, mean, var))
     return BatchResult(y=y, mean=mean, var=var, count=n, dialect=p.dialect)
 
 
