@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dialects import Dialect, Elementwise
+from ._dialect import Dialect, Elementwise
 
 __all__ = ["Coefficients", "coefficients", "compute_dtype", "fma"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .dialects import TF_MIN_EPSILON, Dialect
+from ._dialect import TF_MIN_EPSILON, Dialect
 
 _KERAS = dict(eps=1e-3, momentum=0.99, momentum_side="old", axis=-1, running_variance="biased")
 _TF_KERAS_FUSED = (

@@ -20,9 +20,7 @@ __all__ = [
     "nonzero_denominator",
 ]
 
-FLOAT_DTYPES = tuple(
-    np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64)
-)
+FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64))
 _FLOAT_NAMES = "float16, bfloat16, float32 or float64"
 
 
@@ -50,7 +48,7 @@ def channel_axes(axis: Any, ndim: int) -> tuple[int, ...]:
             raise BatchNormError(
                 f"axis must be an int or a tuple of ints; got {axis!r}. Pass e.g. axis=1 or axis=(1, 2)"
             )
-        if not -ndim <= a < ndim:
+        if not -ndim <= int(a) < ndim:
             raise BatchNormError(
                 f"axis must lie in [{-ndim}, {ndim - 1}] for an input of rank {ndim}; got {axis!r}. "
                 "Use the channel axis of this input (e.g. 1 for NCHW, -1 for NHWC)"
@@ -69,9 +67,7 @@ def channel_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(axes))
 
 
-def channel_parameter(
-    value: Any, name: str, shape: tuple[int, ...], *, finite: bool = True
-) -> np.ndarray:
+def channel_parameter(value: Any, name: str, shape: tuple[int, ...], *, finite: bool = True) -> np.ndarray:
     """A per-channel parameter as a float array of exactly ``shape``; NaN/inf refused when ``finite``."""
     arr = np.asarray(value)
     if arr.dtype.kind in "biu":

@@ -4,8 +4,8 @@ A :class:`Dialect` is a frozen record of data. Defaults (eps, momentum, channel 
 floor, momentum side, running-variance estimator, batch-variance algorithm, precision) and the ordering of
 the float arithmetic are fields; the kernels read the fields and never test a dialect's name.
 
-Every fact below cites the framework source it comes from; the parity suite (``tests/parity``) checks it
-against the framework itself.
+Every record (in ``_dialect_records``) cites the framework source it comes from; the parity suite
+(``tests/parity``) checks it against the framework itself.
 
 Mapping from each framework's spelling to ours:
 
@@ -25,108 +25,11 @@ momentum)``                                   dialect="flax")``
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
+from ._dialect import TF_MIN_EPSILON, Dialect
+from ._dialect_records import RECORDS
 from ._errors import BatchNormError
 
-__all__ = ["Dialect", "get", "names", "register"]
-
-MomentumSide = Literal["old", "new"]
-Elementwise = Literal["centered", "affine", "fma", "ratio"]
-ScaleForm = Literal["reciprocal", "quotient"]
-Variance = Literal["two_pass", "sum_of_squares", "sum_of_squares_clamped"]
-Precision = Literal["float64", "native"]
-Estimator = Literal["biased", "unbiased"]
-
-#: tf.nn.fused_batch_norm's ``min_epsilon`` in TF <= 2.11 (cuDNN's old CUDNN_BN_MIN_EPSILON).
-TF_MIN_EPSILON = 1.001e-5
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """One framework's batch-normalization conventions and float arithmetic, as data.
-
-    Inference computes, per channel, with ``e`` the effective epsilon (see :meth:`effective_eps`)::
-
-        scale_form  "reciprocal": s = (1 / sqrt(v + e)) * g      "quotient": s = g / sqrt(v + e)
-        elementwise "centered":   y = (x - m) * s + b
-                    "affine":     y = x * s + (b - m * s)
-                    "fma":        y = fma(x, s, fma(-m, s, b))
-                    "ratio":      y = g * (x - m) / sqrt(v + e) + b
-
-    each operation rounded in the compute precision: float64 throughout for ``precision="float64"``
-    (one rounding at the end), else the framework's own (float32 for float32 and half inputs, float64
-    for float64 inputs).
-
-    The running statistics update as ``r <- momentum * r + (1 - momentum) * batch`` when momentum weighs
-    the **old** value (Keras, ONNX, Flax) and ``r <- (1 - momentum) * r + momentum * batch`` when it
-    weighs the **new** batch (PyTorch). The stored variance is the batch variance (``"biased"``, divided
-    by n) or Bessel-corrected (``"unbiased"``, times n / (n - 1)).
-    """
-
-    name: str
-    framework: str
-    eps: float
-    momentum: float
-    momentum_side: MomentumSide
-    axis: int
-    running_variance: Estimator
-    variance: Variance = "two_pass"
-    statistics_precision: Precision = "native"
-    precision: Precision = "native"
-    scale_form: ScaleForm = "reciprocal"
-    elementwise: Elementwise = "affine"
-    eps_in_float32: bool = True
-    eps_floor: float = 0.0
-    approximate_rsqrt: bool = False
-    promote_output: bool = False
-    refuses_nonpositive_eps_in_training: bool = False
-    refuses_single_value_in_training: bool = False
-    parameter_names: tuple[str, str, str, str] = ("gamma", "beta", "moving_mean", "moving_variance")
-    fused_layouts: tuple[tuple[int, tuple[int, ...]], ...] = ()
-    fused_changes: tuple[tuple[str, Any], ...] = ()
-    path: str = ""
-    source: str = field(default="", compare=False)
-
-    def derive(self, name: str, **changes: Any) -> Dialect:
-        """A variant of this dialect under a new name, e.g. ``get("flax").derive("flax-2pass",
-        variance="two_pass")`` for Flax with ``use_fast_variance=False``."""
-        return dataclasses.replace(self, name=name, **changes)
-
-    def for_input(self, ndim: int, axes: tuple[int, ...]) -> Dialect:
-        """The dialect as it runs on an input of rank ``ndim`` normalized over channel ``axes``.
-
-        tf_keras chooses its fused kernel (FusedBatchNormV3) for rank 4 with axis 1 or 3 and rank 5 with
-        axis 1 or 4; that path has its own arithmetic and running-variance estimator
-        (tf_keras/layers/normalization/batch_normalization.py, ``_fused_can_be_used``).
-        """
-        if len(axes) == 1 and (ndim, axes[0]) in self._fused_pairs():
-            return dataclasses.replace(
-                self, fused_layouts=(), fused_changes=(), **dict(self.fused_changes)
-            )
-        return self
-
-    def _fused_pairs(self) -> Iterator[tuple[int, int]]:
-        for rank, axes in self.fused_layouts:
-            for axis in axes:
-                yield rank, axis
-
-    def effective_eps(self, eps: float) -> float:
-        """The epsilon the framework actually adds: raised to the floor, stored as float32 if it does."""
-        import numpy as np
-
-        eps = max(eps, self.eps_floor) if self.eps_floor and eps <= self.eps_floor else eps
-        return float(np.float32(eps)) if self.eps_in_float32 else float(eps)
-
-    @property
-    def momentum_rule(self) -> str:
-        """The running update in words, for reprs and explanations."""
-        side = "old value" if self.momentum_side == "old" else "new batch"
-        return f"momentum weighs the {side}"
-
+__all__ = ["TF_MIN_EPSILON", "Dialect", "get", "names", "register"]
 
 _REGISTRY: dict[str, Dialect] = {}
 
@@ -159,8 +62,6 @@ def get(dialect: str | Dialect) -> Dialect:
             "Pick one of those names or pass a Dialect record (see batchnorm.dialects)"
         ) from None
 
-
-from ._dialect_records import RECORDS  # noqa: E402  (the records need Dialect defined above)
 
 for _record in RECORDS:
     register(_record)

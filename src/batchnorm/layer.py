@@ -7,7 +7,7 @@ state dict (``state_dict``/``load_state_dict``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -86,14 +86,22 @@ class BatchNorm:
     def __call__(self, x: Any, *, training: bool = False) -> np.ndarray:
         x = _validate.input_array(x)
         self._check_channels(x)
-        kw = dict(axis=self.axis, eps=self.eps, dialect=self.dialect)
         if not training:
             y = functional.normalize(
-                x, self.moving_mean, self.moving_variance, self.gamma, self.beta, **kw
+                x,
+                self.moving_mean,
+                self.moving_variance,
+                self.gamma,
+                self.beta,
+                axis=self.axis,
+                eps=self.eps,
+                dialect=self.dialect,
             )
             self._last = (x, self.moving_mean, self.moving_variance, False, self.dialect)
             return y
-        batch = functional.normalize_batch(x, self.gamma, self.beta, **kw)
+        batch = functional.normalize_batch(
+            x, self.gamma, self.beta, axis=self.axis, eps=self.eps, dialect=self.dialect
+        )
         self.moving_mean, self.moving_variance = functional.update_running(
             self.moving_mean,
             self.moving_variance,
@@ -115,8 +123,15 @@ class BatchNorm:
             )
         x, mean, var, training, dialect = self._last
         dx, dgamma, dbeta = functional.backward(
-            dy, x, self.gamma, mean=mean, var=var, axis=self.axis, eps=self.eps,
-            training=training, dialect=dialect,
+            dy,
+            x,
+            self.gamma,
+            mean=mean,
+            var=var,
+            axis=self.axis,
+            eps=self.eps,
+            training=training,
+            dialect=dialect,
         )
         self.grads = {}
         if self.scale:
@@ -138,10 +153,14 @@ class BatchNorm:
     # -- weights ---------------------------------------------------------------------------------
 
     def _weight_names(self) -> list[str]:
-        return (["gamma"] if self.scale else []) + (["beta"] if self.center else []) + [
-            "moving_mean",
-            "moving_variance",
-        ]
+        return (
+            (["gamma"] if self.scale else [])
+            + (["beta"] if self.center else [])
+            + [
+                "moving_mean",
+                "moving_variance",
+            ]
+        )
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of [gamma, beta, moving_mean, moving_variance] (Keras order; gamma/beta left out
@@ -156,7 +175,7 @@ class BatchNorm:
                 f"set_weights takes {len(names)} arrays [{', '.join(names)}]; got {len(weights)}. "
                 "Keras leaves gamma out when scale=False and beta when center=False"
             )
-        self._assign(dict(zip(names, weights)))
+        self._assign(dict(zip(names, weights, strict=True)))
 
     def _assign(self, values: dict[str, Any]) -> None:
         staged: dict[str, np.ndarray] = {}
@@ -170,8 +189,12 @@ class BatchNorm:
         for name, arr in staged.items():
             setattr(self, name, arr)
 
-    _TORCH_KEYS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                   "running_var": "moving_variance"}
+    _TORCH_KEYS: ClassVar[dict[str, str]] = {
+        "weight": "gamma",
+        "bias": "beta",
+        "running_mean": "moving_mean",
+        "running_var": "moving_variance",
+    }
 
     def state_dict(self) -> dict[str, Any]:
         """PyTorch keys: weight, bias, running_mean, running_var, num_batches_tracked (copies)."""
