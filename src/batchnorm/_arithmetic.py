@@ -6,6 +6,7 @@ The elementwise work (see :mod:`batchnorm._kernels`) is one of four forms over p
     affine:   y = x * scale + offset                  offset = beta - mean * scale
     fma:      y = fma(x, scale, offset)               offset = fma(-mean, scale, beta)
     ratio:    y = (x - shift) * scale / divisor + offset     scale = gamma, divisor = sqrt(var + eps)
+    normalized_fma: y = fma((x - shift) * scale, gain, offset)   scale = rsqrt(var + eps), gain = gamma
 
 This module forms those arrays per channel (C values, negligible cost) exactly as the framework rounds
 them: ``scale = (1 / sqrt(var + eps)) * gamma`` ("reciprocal") or ``gamma / sqrt(var + eps)``
@@ -32,6 +33,7 @@ class Coefficients:
     scale: np.ndarray
     divisor: np.ndarray
     offset: np.ndarray
+    gain: np.ndarray | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -81,4 +83,6 @@ def coefficients(
             return Coefficients(form, m, s, root, fma(-m, s, b, dtype))
         if form == "ratio":
             return Coefficients(form, m, g, root, b)
+        if form == "normalized_fma":
+            return Coefficients(form, m, dtype.type(1) / root, root, b, gain=g)
         return Coefficients(form, m, s, root, b)

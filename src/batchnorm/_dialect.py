@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["TF_MIN_EPSILON", "Dialect", "Elementwise"]
+__all__ = ["TF_MIN_EPSILON", "Dialect", "Elementwise", "Path"]
 
 MomentumSide = Literal["old", "new"]
-Elementwise = Literal["centered", "affine", "fma", "ratio"]
+Elementwise = Literal["centered", "affine", "fma", "ratio", "normalized_fma"]
 ScaleForm = Literal["reciprocal", "quotient"]
+Rsqrt = Literal["correct", "tensorflow", "xla"]
 Variance = Literal["two_pass", "sum_of_squares", "sum_of_squares_clamped"]
 Precision = Literal["float64", "native"]
 Estimator = Literal["biased", "unbiased"]
@@ -23,20 +23,39 @@ TF_MIN_EPSILON = 1.001e-5
 
 
 @dataclass(frozen=True)
+class Path:
+    """A code path a framework takes for some input layouts, and how it differs from the default one.
+
+    ``layouts`` holds (rank, channel axis) pairs, axes non-negative; ``changes`` holds (field, value)
+    pairs applied to the dialect on that path.
+    """
+
+    name: str
+    layouts: tuple[tuple[int, int], ...]
+    changes: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class Dialect:
     """One framework's batch-normalization conventions and float arithmetic, as data.
 
     Inference computes, per channel, with ``e`` the effective epsilon (see :meth:`effective_eps`)::
 
-        scale_form  "reciprocal": s = (1 / sqrt(v + e)) * g      "quotient": s = g / sqrt(v + e)
+        scale_form  "reciprocal": s = rsqrt(v + e) * g      "quotient": s = g / sqrt(v + e)
         elementwise "centered":   y = (x - m) * s + b
                     "affine":     y = x * s + (b - m * s)
                     "fma":        y = fma(x, s, fma(-m, s, b))
                     "ratio":      y = g * (x - m) / sqrt(v + e) + b
+                    "normalized_fma": y = fma((x - m) * rsqrt(v + e), g, b)
 
     each operation rounded in the compute precision: float64 throughout for ``precision="float64"``
     (one rounding at the end), else the framework's own (float32 for float32 and half inputs, float64
-    for float64 inputs).
+    for float64 inputs). ``rsqrt`` says how the reciprocal square root is formed: ``"correct"`` is
+    ``1 / sqrt`` with both operations correctly rounded; ``"tensorflow"`` and ``"xla"`` are those
+    libraries' CPU approximations (within an ulp of it), emulated where the CPU allows.
+
+    Frameworks that switch code paths by input layout (tf_keras' fused kernel for rank 4 and 5) list
+    them in ``paths``; :meth:`for_input` resolves the dialect for one input.
 
     The running statistics update as ``r <- momentum * r + (1 - momentum) * batch`` when momentum weighs
     the **old** value (Keras, ONNX, Flax) and ``r <- (1 - momentum) * r + momentum * batch`` when it
@@ -58,13 +77,12 @@ class Dialect:
     elementwise: Elementwise = "affine"
     eps_in_float32: bool = True
     eps_floor: float = 0.0
-    approximate_rsqrt: bool = False
+    rsqrt: Rsqrt = "correct"
     promote_output: bool = False
     refuses_nonpositive_eps_in_training: bool = False
     refuses_single_value_in_training: bool = False
     parameter_names: tuple[str, str, str, str] = ("gamma", "beta", "moving_mean", "moving_variance")
-    fused_layouts: tuple[tuple[int, tuple[int, ...]], ...] = ()
-    fused_changes: tuple[tuple[str, Any], ...] = ()
+    paths: tuple[Path, ...] = ()
     path: str = ""
     source: str = field(default="", compare=False)
 
@@ -80,18 +98,19 @@ class Dialect:
         axis 1 or 4; that path has its own arithmetic and running-variance estimator
         (tf_keras/layers/normalization/batch_normalization.py, ``_fused_can_be_used``).
         """
-        if len(axes) == 1 and (ndim, axes[0]) in self._fused_pairs():
-            return dataclasses.replace(self, fused_layouts=(), fused_changes=(), **dict(self.fused_changes))
+        for path in self.paths:
+            if len(axes) == 1 and (ndim, axes[0]) in path.layouts:
+                return dataclasses.replace(self, paths=(), path=path.name, **dict(path.changes))
         return self
 
-    def _fused_pairs(self) -> Iterator[tuple[int, int]]:
-        for rank, axes in self.fused_layouts:
-            for axis in axes:
-                yield rank, axis
+    @property
+    def approximate_rsqrt(self) -> bool:
+        """True where the framework's rsqrt is not the correctly rounded 1/sqrt."""
+        return self.rsqrt != "correct"
 
     def effective_eps(self, eps: float) -> float:
         """The epsilon the framework actually adds: raised to the floor, stored as float32 if it does."""
-        eps = max(eps, self.eps_floor) if self.eps_floor and eps <= self.eps_floor else eps
+        eps = eps if eps > self.eps_floor else self.eps_floor
         return float(np.float32(eps)) if self.eps_in_float32 else float(eps)
 
     @property

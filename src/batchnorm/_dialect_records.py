@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from ._dialect import TF_MIN_EPSILON, Dialect
+from ._dialect import TF_MIN_EPSILON, Dialect, Path
 
-_KERAS = dict(eps=1e-3, momentum=0.99, momentum_side="old", axis=-1, running_variance="biased")
-_TF_KERAS_FUSED = (
-    ("running_variance", "unbiased"),
-    ("elementwise", "centered"),
-    ("scale_form", "quotient"),
-    ("path", "fused"),
+# Keras 3 and tf_keras under the default float32 dtype policy: half inputs are upcast and the output is
+# float32 (promote_output). Measured with the parity runners; derive(promote_output=False) for a
+# mixed_float16 policy.
+_KERAS = dict(
+    eps=1e-3,
+    momentum=0.99,
+    momentum_side="old",
+    axis=-1,
+    running_variance="biased",
+    promote_output=True,
 )
-_TF_KERAS_FUSED_LAYOUTS = ((4, (1, 3)), (5, (1, 4)))
+
+
+def _tf_keras_paths(*extra: tuple[str, object]) -> tuple[Path, ...]:
+    """tf_keras' fused kernel (FusedBatchNormV3, oneDNN on, TF's default on x86 Linux), per layout.
+
+    Measured on TF 2.21: NCHW computes (x - m) * (g / sqrtf(v + e)) + b; NHWC computes
+    fma((x - m) * (1 / sqrtf(v + e)), g, b); rank 5 runs Eigen's (x - m) * (rsqrt(v + e) * g) + b.
+    All three store the Bessel-corrected (unbiased) variance.
+    """
+    fused = (("running_variance", "unbiased"), *extra)
+    return (
+        Path("fused", ((4, 1),), (*fused, ("elementwise", "centered"), ("scale_form", "quotient"))),
+        Path("fused", ((4, 3),), (*fused, ("elementwise", "normalized_fma"), ("rsqrt", "correct"))),
+        Path("fused", ((5, 1), (5, 4)), (*fused, ("elementwise", "centered"))),
+    )
+
 
 EXACT = Dialect(
     name="exact",
@@ -69,19 +88,21 @@ KERAS3_TENSORFLOW = Dialect(
     name="keras3-tensorflow",
     framework="Keras 3 on TensorFlow",
     **_KERAS,  # type: ignore[arg-type]
+    rsqrt="tensorflow",
     source="keras-team/keras keras/src/backend/tensorflow/nn.py (tf.nn.batch_normalization)",
 )
 
 KERAS3_JAX = KERAS3_TENSORFLOW.derive(
     "keras3-jax",
     framework="Keras 3 on JAX (XLA, CPU)",
-    approximate_rsqrt=True,
+    rsqrt="xla",
     source="keras-team/keras keras/src/backend/jax/nn.py (jax.lax.rsqrt)",
 )
 
 KERAS3_TORCH = KERAS3_TENSORFLOW.derive(
     "keras3-torch",
     framework="Keras 3 on PyTorch",
+    rsqrt="correct",
     variance="sum_of_squares",
     elementwise="centered",
     source="keras-team/keras keras/src/backend/torch/nn.py (moments: E[x^2] - E[x]^2)",
@@ -91,8 +112,8 @@ TF_KERAS = Dialect(
     name="tf-keras",
     framework="tf_keras / tf.keras >= 2.12 (fused path for rank 4/5, oneDNN on)",
     **_KERAS,  # type: ignore[arg-type]
-    fused_layouts=_TF_KERAS_FUSED_LAYOUTS,
-    fused_changes=_TF_KERAS_FUSED,
+    rsqrt="tensorflow",
+    paths=_tf_keras_paths(),
     path="unfused",
     source="keras-team/tf-keras tf_keras/layers/normalization/batch_normalization.py; "
     "tensorflow/tensorflow tensorflow/core/kernels/fused_batch_norm_op.cc",
@@ -101,15 +122,14 @@ TF_KERAS = Dialect(
 TF_KERAS_UNFUSED = TF_KERAS.derive(
     "tf-keras-unfused",
     framework="tf_keras with fused=False (tf.nn.moments + tf.nn.batch_normalization)",
-    fused_layouts=(),
-    fused_changes=(),
+    paths=(),
     source="tensorflow/tensorflow tensorflow/python/ops/nn_impl.py",
 )
 
 TF_KERAS_211 = TF_KERAS.derive(
     "tf-keras-2.11",
     framework="tf.keras in TF <= 2.11 (fused path raises eps to 1.001e-5)",
-    fused_changes=(*_TF_KERAS_FUSED, ("eps_floor", TF_MIN_EPSILON)),
+    paths=_tf_keras_paths(("eps_floor", TF_MIN_EPSILON)),
     source="tensorflow/tensorflow v2.11 tensorflow/python/ops/nn_impl.py fused_batch_norm "
     "(min_epsilon = 1.001e-5; removed in 2.12, tensorflow/tensorflow#37768)",
 )
@@ -124,7 +144,7 @@ FLAX = Dialect(
     running_variance="biased",
     variance="sum_of_squares_clamped",
     elementwise="centered",
-    approximate_rsqrt=True,
+    rsqrt="xla",
     promote_output=True,
     parameter_names=("scale", "bias", "mean", "var"),
     source="google/flax flax/linen/normalization.py (_compute_stats, _normalize)",

@@ -31,6 +31,9 @@ def apply_affine(x3: np.ndarray, co: Coefficients, out3: np.ndarray) -> None:
             y = x * scale + offset
         elif co.form == "fma":
             y = fma(x, scale, offset, co.dtype)
+        elif co.form == "normalized_fma":
+            assert co.gain is not None
+            y = fma((x - shift) * scale, _channel(co.gain), offset, co.dtype)
         else:
             y = (x - shift) * scale / _channel(co.divisor) + offset
     out3[...] = round_once(y, out3.dtype)
