@@ -7,6 +7,7 @@ np.float32(12.0)
 """
 
 from . import dialects
+from ._convert import Converted, convert
 from ._errors import BatchNormError, BatchNormWarning, FrameworkRuleError
 from .dialects import Dialect
 from .functional import BatchResult, backward, normalize, normalize_batch, update_running
@@ -17,9 +18,11 @@ __all__ = [
     "BatchNormError",
     "BatchNormWarning",
     "BatchResult",
+    "Converted",
     "Dialect",
     "FrameworkRuleError",
     "backward",
+    "convert",
     "dialects",
     "normalize",
     "normalize_batch",
