@@ -15,13 +15,16 @@ them: ``scale = (1 / sqrt(var + eps)) * gamma`` ("reciprocal") or ``gamma / sqrt
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _rsqrt
 from ._dialect import Dialect, Elementwise
 
-__all__ = ["Coefficients", "coefficients", "compute_dtype", "fma"]
+__all__ = ["Coefficients", "coefficients", "compute_dtype", "fma", "reciprocal_root"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,15 @@ class Coefficients:
     @property
     def dtype(self) -> np.dtype:
         return self.scale.dtype
+
+    def reordered(self, order: Callable[[np.ndarray], np.ndarray]) -> Coefficients:
+        """The same coefficients with every per-channel array passed through ``order``."""
+        arrays = {
+            f.name: order(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
+        return dataclasses.replace(self, **arrays)
 
 
 def compute_dtype(dialect: Dialect, x_dtype: np.dtype) -> np.dtype:
@@ -57,6 +69,22 @@ def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray, dtype: np.dtype) -> np.ndar
     return wide.astype(dtype)
 
 
+_APPROXIMATIONS = {"tensorflow": _rsqrt.rsqrt_tensorflow, "xla": _rsqrt.rsqrt_xla}
+
+
+def reciprocal_root(dialect: Dialect, shifted_var: np.ndarray) -> np.ndarray:
+    """rsqrt(var + eps) as the dialect's library computes it: TensorFlow's and XLA's float32
+    approximations where the CPU lets :mod:`batchnorm._rsqrt` run them, else ``1 / sqrt``."""
+    approximation = _APPROXIMATIONS.get(dialect.rsqrt)
+    if approximation is not None and shifted_var.dtype == np.float32:
+        try:
+            return approximation(shifted_var)
+        except _rsqrt.RsqrtUnavailable:
+            pass
+    with np.errstate(divide="ignore"):
+        return shifted_var.dtype.type(1) / np.sqrt(shifted_var)
+
+
 def coefficients(
     dialect: Dialect,
     mean: np.ndarray,
@@ -66,16 +94,21 @@ def coefficients(
     eps: float,
     dtype: np.dtype,
 ) -> Coefficients:
-    """The coefficients of ``dialect``'s inference map for flat per-channel statistics and parameters."""
+    """The coefficients of ``dialect``'s inference map for flat per-channel statistics and parameters.
+
+    The channels must come in the C order of the channel shape: TensorFlow's rsqrt depends on each
+    value's position in the vector it is given.
+    """
     m = mean.astype(dtype)
     g = np.ones_like(m) if gamma is None else gamma.astype(dtype)
     b = np.zeros_like(m) if beta is None else beta.astype(dtype)
-    root = np.sqrt(var.astype(dtype) + dtype.type(eps))
+    shifted = var.astype(dtype) + dtype.type(eps)
+    root = np.sqrt(shifted)
     with np.errstate(divide="ignore", invalid="ignore"):
         if dialect.scale_form == "quotient":
             s = g / root
         else:
-            s = (dtype.type(1) / root) * g
+            s = reciprocal_root(dialect, shifted) * g
         form = dialect.elementwise
         if form == "affine":
             return Coefficients(form, m, s, root, b - m * s)
@@ -84,5 +117,5 @@ def coefficients(
         if form == "ratio":
             return Coefficients(form, m, g, root, b)
         if form == "normalized_fma":
-            return Coefficients(form, m, dtype.type(1) / root, root, b, gain=g)
+            return Coefficients(form, m, reciprocal_root(dialect, shifted), root, b, gain=g)
         return Coefficients(form, m, s, root, b)

@@ -111,10 +111,6 @@ def _parameters(p: _Prepared, gamma: Any, beta: Any) -> tuple[np.ndarray | None,
     return g, b
 
 
-def _flat(layout: Layout, a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else layout.flat_channels(a)
-
-
 def _transform(
     p: _Prepared,
     mean: np.ndarray,
@@ -127,13 +123,13 @@ def _transform(
     layout = p.layout
     co = coefficients(
         p.dialect,
-        layout.flat_channels(mean),
-        layout.flat_channels(var),
-        _flat(layout, gamma),
-        _flat(layout, beta),
+        mean.reshape(-1),
+        var.reshape(-1),
+        None if gamma is None else gamma.reshape(-1),
+        None if beta is None else beta.reshape(-1),
         p.eps,
         compute_dtype(p.dialect, p.x.dtype),
-    )
+    ).reordered(layout.flat_channels)
     y, y3 = _output(p, _output_dtype(p.dialect, p.x, *raw), out)
     _kernels.apply_affine(layout.input3(p.x), co, y3)
     _finish(y, y3, layout)
