@@ -9,6 +9,8 @@ comes after it the last.
 Each number is rounded **once**, correctly, to the target dtype: a printed float32 reads back as the very
 bits that were printed (the decimal is compared exactly with its two float32 neighbours, so no double
 rounding through float64 can move it).
+
+Read back, a number is written as the shortest text that gives the same bits (:func:`format_value`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -31,15 +33,14 @@ from ._rounding import round_once
 __all__ = [
     "DTYPES",
     "Numbers",
-    "Step",
     "bits",
     "decimal_text",
+    "format_eps",
     "format_value",
     "load",
-    "ordered",
     "parse",
-    "textbook_steps",
     "to_dtype",
+    "ulp_text",
 ]
 
 DTYPES = {
@@ -65,26 +66,6 @@ class Numbers:
     shape: tuple[int, ...] | None
     split: int | None = None
     from_file: bool = False
-
-    def array(self) -> np.ndarray:
-        return self.values if self.shape is None else self.values.reshape(self.shape)
-
-
-def ordered(a: np.ndarray) -> np.ndarray:
-    """Floats mapped to integers that count ulps: adjacent floats differ by 1, +0 and -0 are both 0.
-
-    int64 for float16, bfloat16 and float32; for float64, uint64 offset by 2**63, whose differences
-    wrap to the right int64 (see :func:`batchnorm.compare.signed_ulps`).
-    """
-    a = np.asarray(a)
-    size = a.dtype.itemsize
-    if size <= 4:
-        signed = a.view(f"i{size}").astype(np.int64)
-        return np.where(signed < 0, np.iinfo(f"i{size}").min - signed, signed)
-    bits = a.view(np.uint64)
-    sign = np.uint64(1) << np.uint64(63)
-    magnitude = bits & (sign - np.uint64(1))
-    return np.where(bits & sign, sign - magnitude, sign + magnitude)
 
 
 def to_dtype(text_values: list[str], dtype: np.dtype) -> np.ndarray:
@@ -215,7 +196,7 @@ def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return data if data.dtype == dtype else round_once(data.astype(np.float64), dtype)
 
 
-# -- numbers as the textbook computes them, and as people read them ------------------------------------
+# -- numbers as people read them -----------------------------------------------------------------------
 
 
 def format_value(v: float | None, dtype: Any = np.float32) -> str:
@@ -230,6 +211,16 @@ def format_value(v: float | None, dtype: Any = np.float32) -> str:
     return np.format_float_positional(value, unique=True, trim="-")
 
 
+def format_eps(eps: float) -> str:
+    """An epsilon as the shortest float64 text: ``0.001``, ``1.001e-05``."""
+    return format_value(eps, np.float64)
+
+
+def ulp_text(n: int) -> str:
+    """``1 ulp``, ``3 ulps``."""
+    return f"{n} ulp" if n == 1 else f"{n} ulps"
+
+
 def bits(v: float, dtype: np.dtype) -> str:
     """The bit pattern of ``v`` rounded to ``dtype``, in hex (``0x413fe771``)."""
     a = np.asarray(v, np.float64).astype(dtype)
@@ -237,54 +228,8 @@ def bits(v: float, dtype: np.dtype) -> str:
 
 
 def decimal_text(d: Decimal, digits: int = 17) -> str:
+    """``d`` to ``digits`` significant digits, without trailing zeros."""
     if not d.is_finite():
         return str(d)
     text = f"{d:.{digits}g}"
     return text.rstrip("0").rstrip(".") if "." in text and "e" not in text.lower() else text
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the textbook formula for one element: its exact value (40-digit decimal arithmetic
-    on the float inputs) and its value when every step is rounded to the compute dtype."""
-
-    label: str
-    formula: str
-    exact: str
-    rounded: str
-
-
-def textbook_steps(
-    x: float, m: Fraction, v: Fraction, eps: float, g: float, b: float, dtype: np.dtype, out: np.dtype
-) -> list[Step]:
-    """``(x - m) / sqrt(v + eps) * g + b`` step by step; the last step rounds once to ``out``."""
-    with localcontext() as ctx, np.errstate(all="ignore"):
-        ctx.prec = 40
-        m_d = Decimal(m.numerator) / Decimal(m.denominator)
-        v_d = Decimal(v.numerator) / Decimal(v.denominator)
-        e_d = Decimal(repr(float(eps)))
-        centered, total = Decimal(float(x)) - m_d, v_d + e_d
-        root = total.sqrt()
-        ratio = centered / root if root else Decimal("Infinity") * (1 if centered >= 0 else -1)
-        scaled = ratio * Decimal(float(g))
-        y = scaled + Decimal(float(b))
-        f = [dtype.type(a) for a in (x, float(m), float(v), eps, g, b)]
-        r = [f[0] - f[1], f[2] + f[3]]
-        r += [np.sqrt(r[1]), r[0] / np.sqrt(r[1])]
-        r += [r[3] * f[4], r[3] * f[4] + f[5]]
-    fmt = lambda a: format_value(a, dtype)  # noqa: E731
-    rounded = np.asarray(float(y), np.float64).astype(out) if y.is_finite() else float(y)
-    return [
-        Step("x - mean", f"{fmt(x)} - {decimal_text(m_d, 10)}", decimal_text(centered), fmt(r[0])),
-        Step(
-            "var + eps",
-            f"{decimal_text(v_d, 10)} + {format_value(eps, np.float64)}",
-            decimal_text(total),
-            fmt(r[1]),
-        ),
-        Step("sqrt(var + eps)", "", decimal_text(root), fmt(r[2])),
-        Step("(x - mean) / sqrt(var + eps)", "", decimal_text(ratio), fmt(r[3])),
-        Step("* gamma", f"* {fmt(g)}", decimal_text(scaled), fmt(r[4])),
-        Step("+ beta", f"+ {fmt(b)}", decimal_text(y), fmt(r[5])),
-        Step(f"rounded once to {out}", "", format_value(float(rounded), out), bits(float(rounded), out)),
-    ]
