@@ -247,3 +247,12 @@ def test_plot_writes_a_png_and_says_when_matplotlib_is_missing(tmp_path, monkeyp
 def test_no_command_prints_help_and_exits_2(capsys):
     code, out, _ = _main(capsys)
     assert code == 2 and "explain" in out and "compare" in out
+
+
+def test_per_channel_values_take_the_channel_shape_of_several_axes(capsys):
+    x = "[[[1,2],[3,4]],[[5,6],[7,9]]]"
+    code = cli.main(["explain", "--x", x, "--axis", "1,2", "--mean", "1,2,3,4", "--eps", "0", "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)
+    assert cli.main(["explain", "--x", x, "--axis", "1,2", "--mean", "1,2,3"]) == 2
+    assert "one value per channel" in capsys.readouterr().err

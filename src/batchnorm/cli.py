@@ -211,7 +211,14 @@ def _parameter(arg: str | None, name: str, channels: tuple[int, ...], dtype: Any
     if arg is None:
         return np.full(channels, fill, dtype)
     values = load(arg, f"--{name}", dtype).values
-    return np.full(channels, values[0], values.dtype) if values.size == 1 else values
+    if values.size == 1:
+        return np.full(channels, values[0], values.dtype)
+    if values.size != int(np.prod(channels)):
+        raise UsageError(
+            f"--{name} needs one value per channel, {int(np.prod(channels))} for channel shape {channels}; "
+            f"got {values.size}. Give one value for all channels or one per channel"
+        )
+    return values.reshape(channels)
 
 
 def _observed(arg: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
