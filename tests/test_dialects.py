@@ -59,3 +59,11 @@ def test_eps_floor_applies_on_the_fused_path_only():
     assert d.for_input(4, (3,)).effective_eps(0.0) == np.float32(1.001e-5)
     assert d.for_input(2, (1,)).effective_eps(0.0) == 0.0
     assert d.for_input(4, (3,)).effective_eps(1e-3) == np.float32(1e-3)
+
+
+@pytest.mark.parametrize(
+    ("channels", "form"), [(4, "normalized_fma"), (8, "normalized_fma"), (3, "centered"), (None, "centered")]
+)
+def test_tf_keras_fused_nhwc_arithmetic_depends_on_the_channel_count(channels, form):
+    resolved = bn.dialects.get("tf-keras").for_input(4, (3,), channels)
+    assert resolved.path == "fused" and resolved.elementwise == form

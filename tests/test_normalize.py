@@ -34,7 +34,7 @@ def test_exact_float64_is_within_a_few_ulps_of_max(case):
 SAME_ARITHMETIC_IN_BOTH_LAYOUTS = [
     name
     for name in bn.dialects.names()
-    if bn.dialects.get(name).for_input(4, (1,)) == bn.dialects.get(name).for_input(4, (3,))
+    if bn.dialects.get(name).for_input(4, (1,), 4) == bn.dialects.get(name).for_input(4, (3,), 4)
 ]
 
 

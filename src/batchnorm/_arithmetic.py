@@ -103,8 +103,8 @@ def coefficients(
     g = np.ones_like(m) if gamma is None else gamma.astype(dtype)
     b = np.zeros_like(m) if beta is None else beta.astype(dtype)
     shifted = var.astype(dtype) + dtype.type(eps)
-    root = np.sqrt(shifted)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # a negative E[x^2] - E[x]^2 gives NaN, as there
+        root = np.sqrt(shifted)
         if dialect.scale_form == "quotient":
             s = g / root
         else:

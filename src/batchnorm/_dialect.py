@@ -27,12 +27,20 @@ class Path:
     """A code path a framework takes for some input layouts, and how it differs from the default one.
 
     ``layouts`` holds (rank, channel axis) pairs, axes non-negative; ``changes`` holds (field, value)
-    pairs applied to the dialect on that path.
+    pairs applied to the dialect on that path. ``channel_multiple`` > 1 restricts the path to channel
+    counts divisible by it (tf_keras' fused NHWC kernel vectorizes over 4 channels at a time).
     """
 
     name: str
     layouts: tuple[tuple[int, int], ...]
     changes: tuple[tuple[str, Any], ...]
+    channel_multiple: int = 1
+
+    def applies(self, ndim: int, axes: tuple[int, ...], channels: int | None) -> bool:
+        """Whether an input of rank ``ndim`` over channel ``axes`` (``channels`` of them) takes this path."""
+        if len(axes) != 1 or (ndim, axes[0]) not in self.layouts:
+            return False
+        return self.channel_multiple == 1 or (channels is not None and channels % self.channel_multiple == 0)
 
 
 @dataclass(frozen=True)
@@ -91,15 +99,16 @@ class Dialect:
         variance="two_pass")`` for Flax with ``use_fast_variance=False``."""
         return dataclasses.replace(self, name=name, **changes)
 
-    def for_input(self, ndim: int, axes: tuple[int, ...]) -> Dialect:
-        """The dialect as it runs on an input of rank ``ndim`` normalized over channel ``axes``.
+    def for_input(self, ndim: int, axes: tuple[int, ...], channels: int | None = None) -> Dialect:
+        """The dialect as it runs on an input of rank ``ndim`` normalized over channel ``axes``
+        (``channels`` values along them; None where unknown: paths that depend on it are not taken).
 
         tf_keras chooses its fused kernel (FusedBatchNormV3) for rank 4 with axis 1 or 3 and rank 5 with
         axis 1 or 4; that path has its own arithmetic and running-variance estimator
         (tf_keras/layers/normalization/batch_normalization.py, ``_fused_can_be_used``).
         """
         for path in self.paths:
-            if len(axes) == 1 and (ndim, axes[0]) in path.layouts:
+            if path.applies(ndim, axes, channels):
                 return dataclasses.replace(self, paths=(), path=path.name, **dict(path.changes))
         return self
 

@@ -20,14 +20,26 @@ _KERAS = dict(
 def _tf_keras_paths(*extra: tuple[str, object]) -> tuple[Path, ...]:
     """tf_keras' fused kernel (FusedBatchNormV3, oneDNN on, TF's default on x86 Linux), per layout.
 
-    Measured on TF 2.21: NCHW computes (x - m) * (g / sqrtf(v + e)) + b; NHWC computes
-    fma((x - m) * (1 / sqrtf(v + e)), g, b); rank 5 runs Eigen's (x - m) * (rsqrt(v + e) * g) + b.
-    All three store the Bessel-corrected (unbiased) variance.
+    Measured on TF 2.21 with the parity runners, every channel compared bit for bit:
+
+    - NCHW: (x - m) * (g / sqrtf(v + e)) + b.
+    - NHWC with C % 4 == 0: fma((x - m) * (1 / sqrtf(v + e)), g, b); other channel counts take the
+      NCHW form (C = 3 to 32 measured).
+    - rank 5: (x - m) * (rsqrt(v + e) * g) + b with TensorFlow's packet rsqrt.
+
+    All of them store the Bessel-corrected (unbiased) variance.
     """
     fused = (("running_variance", "unbiased"), *extra)
+    quotient = (*fused, ("elementwise", "centered"), ("scale_form", "quotient"))
     return (
-        Path("fused", ((4, 1),), (*fused, ("elementwise", "centered"), ("scale_form", "quotient"))),
-        Path("fused", ((4, 3),), (*fused, ("elementwise", "normalized_fma"), ("rsqrt", "correct"))),
+        Path("fused", ((4, 1),), quotient),
+        Path(
+            "fused",
+            ((4, 3),),
+            (*fused, ("elementwise", "normalized_fma"), ("rsqrt", "correct")),
+            channel_multiple=4,
+        ),
+        Path("fused", ((4, 3),), quotient),
         Path("fused", ((5, 1), (5, 4)), (*fused, ("elementwise", "centered"))),
     )
 

@@ -117,22 +117,46 @@ ARITHMETIC: tuple[tuple[str, Cell], ...] = (
 SOURCES: tuple[tuple[str, Cell], ...] = (("framework", lambda d: d.framework), ("source", lambda d: d.source))
 
 
-def _layouts(layouts: Sequence[tuple[int, int]]) -> str:
+def _where(d: Dialect) -> list[tuple[str, tuple[int, int], int | None]]:
+    """Each (path name, layout, channel count to resolve it with) that ``d`` lists, in order."""
+    out = []
+    for path in d.paths:
+        channels = path.channel_multiple if path.channel_multiple > 1 else None
+        out.extend((path.name, layout, channels) for layout in path.layouts)
+    return out
+
+
+Where = tuple[tuple[int, int], int | None]
+
+
+def _describe(d: Dialect, group: list[Where]) -> str:
+    """Layouts in words: 'rank 4 axis 1 or 3, rank 5 axis 1 or 4'; a channel condition is named only
+    where the group holds part of a layout's variants ('rank 4 axis 3 with C % 4 == 0')."""
+    variants: dict[tuple[int, int], set[int | None]] = {}
+    for _, layout, channels in _where(d):
+        variants.setdefault(layout, set()).add(channels)
     ranks: dict[int, list[str]] = {}
-    for rank, axis in sorted(layouts):
-        ranks.setdefault(rank, []).append(str(axis))
-    return ", ".join(f"rank {r} axis {' or '.join(a)}" for r, a in ranks.items())
+    for layout, channels in group:
+        rank, axis = layout
+        if {c for lay, c in group if lay == layout} == variants[layout]:
+            text = str(axis)
+        elif channels is None:
+            text = f"{axis} otherwise"
+        else:
+            text = f"{axis} with C % {channels} == 0"
+        if text not in ranks.setdefault(rank, []):
+            ranks[rank].append(text)
+    return ", ".join(f"rank {r} axis {' or '.join(a)}" for r, a in sorted(ranks.items()))
 
 
 def _cell(d: Dialect, cell: Cell) -> str:
     """The default path's text, then each other path's where it differs (layouts with equal text merged)."""
-    text, variants = cell(d), dict[tuple[str, str], list[tuple[int, int]]]()
-    for path in d.paths:
-        for rank, axis in path.layouts:
-            other = cell(d.for_input(rank, (axis,)))
-            if other != text:
-                variants.setdefault((path.name, other), []).append((rank, axis))
-    parts = [text] + [f"{name} ({_layouts(where)}): {other}" for (name, other), where in variants.items()]
+    text, variants = cell(d), dict[tuple[str, str], list[Where]]()
+    for name, (rank, axis), channels in _where(d):
+        other = cell(d.for_input(rank, (axis,), channels))
+        if other != text:
+            variants.setdefault((name, other), []).append(((rank, axis), channels))
+    parts = [text] + [f"{name} ({_describe(d, where)}): {other}" for (name, other), where in variants.items()]
     return "; ".join(parts).replace("|", "\\|")
 
 
@@ -146,10 +170,10 @@ def _table(dialects: Sequence[Dialect], columns: tuple[tuple[str, Cell], ...]) -
 def _paths_note(dialects: Sequence[Dialect]) -> list[str]:
     lines = []
     for d in (d for d in dialects if d.paths):
-        by_name: dict[str, list[tuple[int, int]]] = {}
-        for p in d.paths:
-            by_name.setdefault(p.name, []).extend(p.layouts)
-        where = "; ".join(f"{name}: {_layouts(layouts)}" for name, layouts in by_name.items())
+        by_name: dict[str, list[Where]] = {}
+        for name, layout, channels in _where(d):
+            by_name.setdefault(name, []).append((layout, channels))
+        where = "; ".join(f"{name}: {_describe(d, group)}" for name, group in by_name.items())
         lines.append(f"- `{d.name}` runs its {d.path or 'default'} path except on these inputs ({where}).")
     return lines
 

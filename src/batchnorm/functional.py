@@ -66,7 +66,7 @@ def _prepare(x: Any, axis: Axis | None, eps: float | None, dialect: str | Dialec
     d = get(dialect)
     x = _validate.input_array(x)
     axes = _validate.channel_axes(d.axis if axis is None else axis, x.ndim)
-    d = d.for_input(x.ndim, axes)
+    d = d.for_input(x.ndim, axes, channels=int(np.prod([x.shape[a] for a in axes])))
     eps_value = d.effective_eps(_validate.epsilon(d.eps if eps is None else eps))
     return _Prepared(x, plan(x, axes), d, eps_value)
 

@@ -32,8 +32,9 @@ memory_format  optional, torch only: "channels_last" (rank 4) or
 layer_dtype optional: Keras / tf_keras dtype policy name (e.g. "float16",
             "mixed_float16"), or Flax ``dtype=`` (computation dtype).  Default:
             the framework's default (float32 policy / Flax dtype=None).
-jit         optional bool, keras3-* / flax only: run under jax.jit /
-            tf.function / (nothing for torch); default false (eager).
+jit         optional bool, keras3-jax and flax only: run under jax.jit
+            (bits differ from eager by ~1 ulp); default false (eager).  Other
+            runners report a jit case unsupported.
 ========== ======================================================================
 
 Array fields:
@@ -86,8 +87,17 @@ from typing import Any
 import numpy as np
 
 SCALAR_FIELDS = (
-    "id", "kind", "axis", "eps", "momentum", "center", "scale", "steps",
-    "memory_format", "layer_dtype", "jit",
+    "id",
+    "kind",
+    "axis",
+    "eps",
+    "momentum",
+    "center",
+    "scale",
+    "steps",
+    "memory_format",
+    "layer_dtype",
+    "jit",
 )
 ARRAY_FIELDS = ("x", "x_steps", "gamma", "beta", "moving_mean", "moving_var", "dy")
 
@@ -103,7 +113,7 @@ def dtype_name(a: Any) -> str:
     name = str(getattr(a, "dtype", a))
     for prefix in ("torch.", "<dtype: '"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name.rstrip("'>")
 
 

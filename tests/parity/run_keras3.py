@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 import case_io
-
-import keras  # noqa: E402  (KERAS_BACKEND is set by runners.py before this import)
+import keras
+import numpy as np
 
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":
@@ -82,13 +80,21 @@ class Runner:
             kw["momentum"] = case["momentum"]
         if case.get("layer_dtype"):
             kw["dtype"] = case["layer_dtype"]
-        key = (axis, case["eps"], kw.get("momentum"), case["center"], case["scale"],
-               kw.get("dtype"), x.ndim, x.shape[axis])
+        key = (
+            axis,
+            case["eps"],
+            kw.get("momentum"),
+            case["center"],
+            case["scale"],
+            kw.get("dtype"),
+            x.ndim,
+            x.shape[axis],
+        )
         layer = self._layers.get(key)
         if layer is None:
             layer = keras.layers.BatchNormalization(
-                axis=axis, epsilon=case["eps"], center=case["center"],
-                scale=case["scale"], **kw)
+                axis=axis, epsilon=case["eps"], center=case["center"], scale=case["scale"], **kw
+            )
             layer.build(x.shape)
             self._layers[key] = layer
         if case["scale"]:
@@ -96,8 +102,7 @@ class Runner:
         if case["center"]:
             layer.beta.assign(case["beta"])
         layer.moving_mean.assign(case["moving_mean"])
-        layer.moving_variance.assign(case["moving_variance"] if "moving_variance" in case
-                                     else case["moving_var"])
+        layer.moving_variance.assign(case["moving_var"])
         return layer
 
     # -- one forward (+ VJP) per backend ------------------------------------
@@ -138,8 +143,8 @@ class Runner:
         else:
             y, vjp, new_ntv = jax.vjp(f, x, tv, has_aux=True)
             dx, dtv = vjp(dy.astype(y.dtype))
-            grads = [dx] + list(dtv)
-        for w, v in zip(ntw, new_ntv):
+            grads = [dx, *list(dtv)]
+        for w, v in zip(ntw, new_ntv, strict=True):
             w.assign(v)
         return y, grads
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 
+import case_io
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
-
-import case_io
 
 ENGINE = os.environ.get("BN_ONNX_ENGINE", "reference")
 if ENGINE == "onnxruntime":
@@ -23,27 +22,35 @@ if ENGINE == "onnxruntime":
 else:
     from onnx.reference import ReferenceEvaluator
 
-_TYPES = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT,
-          "float64": TensorProto.DOUBLE, "bfloat16": TensorProto.BFLOAT16}
+_TYPES = {
+    "float16": TensorProto.FLOAT16,
+    "float32": TensorProto.FLOAT,
+    "float64": TensorProto.DOUBLE,
+    "bfloat16": TensorProto.BFLOAT16,
+}
 OPSET = 15
 
 
-def build_model(x_dtype: str, p_dtype: str, rank: int, eps: float, momentum: float,
-                training: bool) -> onnx.ModelProto:
+def build_model(
+    x_dtype: str, p_dtype: str, rank: int, eps: float, momentum: float, training: bool
+) -> onnx.ModelProto:
     """BatchNormalization graph; symbolic dims so one model serves all shapes."""
     xt, pt = _TYPES[x_dtype], _TYPES[p_dtype]
     xshape = [f"d{i}" for i in range(rank)]
     inputs = [helper.make_tensor_value_info("X", xt, xshape)] + [
-        helper.make_tensor_value_info(n, pt, ["C"])
-        for n in ("scale", "B", "input_mean", "input_var")]
+        helper.make_tensor_value_info(n, pt, ["C"]) for n in ("scale", "B", "input_mean", "input_var")
+    ]
     outs = [helper.make_tensor_value_info("Y", xt, xshape)]
     if training:
-        outs += [helper.make_tensor_value_info(n, pt, ["C"])
-                 for n in ("running_mean", "running_var")]
+        outs += [helper.make_tensor_value_info(n, pt, ["C"]) for n in ("running_mean", "running_var")]
     node = helper.make_node(
-        "BatchNormalization", ["X", "scale", "B", "input_mean", "input_var"],
-        [o.name for o in outs], epsilon=float(eps), momentum=float(momentum),
-        training_mode=int(training))
+        "BatchNormalization",
+        ["X", "scale", "B", "input_mean", "input_var"],
+        [o.name for o in outs],
+        epsilon=float(eps),
+        momentum=float(momentum),
+        training_mode=int(training),
+    )
     graph = helper.make_graph([node], "bn", inputs, outs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
@@ -79,8 +86,7 @@ class Runner:
                 so.intra_op_num_threads = 2
                 so.inter_op_num_threads = 1
                 so.log_severity_level = 3
-                sess = ort.InferenceSession(model.SerializeToString(), so,
-                                            providers=["CPUExecutionProvider"])
+                sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 self._sessions[key] = lambda feeds: sess.run(None, feeds)
             else:
                 ev = ReferenceEvaluator(model)
@@ -95,8 +101,7 @@ class Runner:
         x = case["x"]
         gamma = case["gamma"] if case["scale"] else np.ones_like(case["gamma"])
         beta = case["beta"] if case["center"] else np.zeros_like(case["beta"])
-        key = (case_io.dtype_name(x), case_io.dtype_name(gamma), x.ndim,
-               case["eps"], momentum, training)
+        key = (case_io.dtype_name(x), case_io.dtype_name(gamma), x.ndim, case["eps"], momentum, training)
         run = self._session(key)
         info = {"grad": "unsupported: ONNX has no autograd"}
         if not (case["scale"] and case["center"]):
@@ -109,8 +114,7 @@ class Runner:
             return
         means, vars_ = [], []
         for i, xb in enumerate(case_io.batches(case)):
-            y, mean, var = run({"X": xb, "scale": gamma, "B": beta,
-                                "input_mean": mean, "input_var": var})
+            y, mean, var = run({"X": xb, "scale": gamma, "B": beta, "input_mean": mean, "input_var": var})
             if i == 0:
                 res.put(cid, "y", y)
             means.append(np.asarray(mean))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
+import case_io
 import numpy as np
 import torch
 
-import case_io
-
 torch.set_num_threads(2)
 
-_MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d,
-            4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+_MODULES = {
+    2: torch.nn.BatchNorm1d,
+    3: torch.nn.BatchNorm1d,
+    4: torch.nn.BatchNorm2d,
+    5: torch.nn.BatchNorm3d,
+}
 
 
 def to_torch(a: np.ndarray) -> torch.Tensor:
@@ -28,8 +33,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 class Runner:
     def versions(self) -> dict:
-        return {"torch": torch.__version__,
-                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
     def unsupported(self, case: dict) -> str | None:
         rank = np.ndim(case["x"])
@@ -80,7 +84,7 @@ class Runner:
         y = mod(x)
         res.put(cid, "y", to_numpy(y))
         dy = self._prep(case, case["dy"])
-        grads = torch.autograd.grad(y, [x] + params, dy)
+        grads = torch.autograd.grad(y, [x, *params], dy)
         res.put(cid, "dx", to_numpy(grads[0]))
         rest = list(grads[1:])
         if mod.weight is not None:
@@ -109,12 +113,13 @@ class Runner:
             vars_.append(to_numpy(mod.running_var))
         res.put(cid, "running_mean", np.stack(means))
         res.put(cid, "running_var", np.stack(vars_))
-        res.put(cid, "info", '{"num_batches_tracked": %d}' % int(mod.num_batches_tracked))
+        res.put(cid, "info", json.dumps({"num_batches_tracked": int(mod.num_batches_tracked)}))
         # batch statistics as the kernel saves them (same kernel as the module)
         try:
             with torch.no_grad():
                 _, smean, sinvstd = torch.native_batch_norm(
-                    xs[0], mod.weight, mod.bias, None, None, True, 0.0, case["eps"])
+                    xs[0], mod.weight, mod.bias, None, None, True, 0.0, case["eps"]
+                )
             res.put(cid, "batch_mean", to_numpy(smean))
             res.put(cid, "batch_invstd", to_numpy(sinvstd))
         except Exception:

@@ -16,7 +16,6 @@ which the framework raises gets ``f"{id}/error"``; the batch always completes.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -61,8 +60,14 @@ def environment(framework: str, base: dict | None = None) -> dict:
     return env
 
 
-def run_framework(framework: str, cases: list[dict], *, python: str | None = None,
-                  env: dict | None = None, timeout: float = 600):
+def run_framework(
+    framework: str,
+    cases: list[dict],
+    *,
+    python: str | None = None,
+    env: dict | None = None,
+    timeout: float = 600,
+):
     """Write ``cases``, run FRAMEWORK in a subprocess, return
     ``(meta, {case_id: {name: value}})`` (see ``case_io.read_results``)."""
     sys.path.insert(0, str(HERE))
@@ -73,11 +78,13 @@ def run_framework(framework: str, cases: list[dict], *, python: str | None = Non
         case_io.write_cases(inp, cases)
         proc = subprocess.run(
             [python or sys.executable, str(HERE / "runners.py"), framework, inp, out],
-            env=environment(framework, env), capture_output=True, text=True,
-            timeout=timeout)
+            env=environment(framework, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"{framework} runner failed ({proc.returncode}):\n"
-                               f"{proc.stderr[-4000:]}")
+            raise RuntimeError(f"{framework} runner failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return case_io.read_results(out)
 
 
@@ -119,9 +126,10 @@ def main(argv: list[str]) -> int:
         "framework": framework,
         "versions": runner.versions(),
         "seconds": {"import": t_import - t0, "cases": t_end - t_import},
-        "env": {k: os.environ.get(k) for k in (
-            "TF_ENABLE_ONEDNN_OPTS", "ATEN_CPU_CAPABILITY", "KERAS_BACKEND",
-            "XLA_FLAGS")},
+        "env": {
+            k: os.environ.get(k)
+            for k in ("TF_ENABLE_ONEDNN_OPTS", "ATEN_CPU_CAPABILITY", "KERAS_BACKEND", "XLA_FLAGS")
+        },
     }
     results.save(out, meta)
     return 0
