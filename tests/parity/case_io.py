@@ -224,3 +224,27 @@ def read_results(path) -> tuple[dict, dict[str, dict[str, Any]]]:
             if d.get(f"{name}_dtype") == "bfloat16":
                 d[name] = decode(d[name], "bfloat16")
     return meta, per_case
+
+
+def keras_layer(cache: dict, make, case: dict):
+    """A Keras-style BatchNormalization for ``case`` (tf_keras or Keras 3), built by ``make(**kwargs)``
+    once per configuration and kept in ``cache``, with the case's weights assigned."""
+    x, axis = case["x"], case["axis"]
+    kw = {"axis": axis, "epsilon": case["eps"], "center": case["center"], "scale": case["scale"]}
+    if case.get("momentum") is not None:
+        kw["momentum"] = case["momentum"]
+    if case.get("layer_dtype"):
+        kw["dtype"] = case["layer_dtype"]
+    key = (*sorted(kw.items()), x.ndim, x.shape[axis])
+    layer = cache.get(key)
+    if layer is None:
+        layer = make(**kw)
+        layer.build(x.shape)
+        cache[key] = layer
+    if case["scale"]:
+        layer.gamma.assign(case["gamma"])
+    if case["center"]:
+        layer.beta.assign(case["beta"])
+    layer.moving_mean.assign(case["moving_mean"])
+    layer.moving_variance.assign(case["moving_var"])
+    return layer

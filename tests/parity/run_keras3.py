@@ -73,37 +73,7 @@ class Runner:
         return None
 
     def _layer(self, case: dict):
-        x = case["x"]
-        axis = case["axis"]
-        kw = {}
-        if case.get("momentum") is not None:
-            kw["momentum"] = case["momentum"]
-        if case.get("layer_dtype"):
-            kw["dtype"] = case["layer_dtype"]
-        key = (
-            axis,
-            case["eps"],
-            kw.get("momentum"),
-            case["center"],
-            case["scale"],
-            kw.get("dtype"),
-            x.ndim,
-            x.shape[axis],
-        )
-        layer = self._layers.get(key)
-        if layer is None:
-            layer = keras.layers.BatchNormalization(
-                axis=axis, epsilon=case["eps"], center=case["center"], scale=case["scale"], **kw
-            )
-            layer.build(x.shape)
-            self._layers[key] = layer
-        if case["scale"]:
-            layer.gamma.assign(case["gamma"])
-        if case["center"]:
-            layer.beta.assign(case["beta"])
-        layer.moving_mean.assign(case["moving_mean"])
-        layer.moving_variance.assign(case["moving_var"])
-        return layer
+        return case_io.keras_layer(self._layers, keras.layers.BatchNormalization, case)
 
     # -- one forward (+ VJP) per backend ------------------------------------
     def _call(self, layer, x, dy, training: bool, jit: bool):

@@ -8,6 +8,7 @@ BN_TFKERAS_FUSED=false: ``fused=False`` (tf.nn.moments + tf.nn.batch_normalizati
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -36,37 +37,9 @@ class Runner:
         return None
 
     def _layer(self, case: dict):
-        x = case["x"]
-        axis = case["axis"]
-        kw = {}
-        if case.get("momentum") is not None:
-            kw["momentum"] = case["momentum"]
-        if case.get("layer_dtype"):
-            kw["dtype"] = case["layer_dtype"]
-        key = (
-            axis,
-            case["eps"],
-            kw.get("momentum"),
-            case["center"],
-            case["scale"],
-            kw.get("dtype"),
-            x.ndim,
-            x.shape[axis],
+        return case_io.keras_layer(
+            self._layers, functools.partial(tf_keras.layers.BatchNormalization, fused=FUSED), case
         )
-        layer = self._layers.get(key)
-        if layer is None:
-            layer = tf_keras.layers.BatchNormalization(
-                axis=axis, epsilon=case["eps"], center=case["center"], scale=case["scale"], fused=FUSED, **kw
-            )
-            layer.build(x.shape)
-            self._layers[key] = layer
-        if case["scale"]:
-            layer.gamma.assign(case["gamma"])
-        if case["center"]:
-            layer.beta.assign(case["beta"])
-        layer.moving_mean.assign(case["moving_mean"])
-        layer.moving_variance.assign(case["moving_var"])
-        return layer
 
     def run(self, case: dict, res: case_io.Results) -> None:
         cid = case["id"]
