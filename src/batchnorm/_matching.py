@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import dialects
+from . import _rsqrt, dialects
 from ._dialect_runs import nominal_eps, resolved, run, run_fields
 from ._errors import BatchNormError
 from ._problem import Problem
 from .compare import ulps
 from .dialects import Dialect
 
-__all__ = ["COMMON_EPS", "Match", "implied_eps", "infer_eps", "match"]
+__all__ = ["COMMON_EPS", "RSQRT_STAND_IN_ULPS", "Match", "implied_eps", "infer_eps", "match"]
+
+#: The tolerance for a dialect whose approximate rsqrt cannot run here (1/sqrt stands in; see _rsqrt).
+RSQRT_STAND_IN_ULPS = 3
 
 #: Epsilons people use; with the dialects' defaults and the data's own estimate, the candidates tried.
 COMMON_EPS = (0.0, 1e-3, 1e-5, 1.001e-5, 1e-4, 1e-6, 1e-8, 1e-12, 1e-2, 1e-1)
@@ -28,9 +31,10 @@ COMMON_EPS = (0.0, 1e-3, 1e-5, 1.001e-5, 1e-4, 1e-6, 1e-8, 1e-12, 1e-2, 1e-1)
 class Match:
     """A dialect and the eps with which it comes closest to the observation.
 
-    ``exact``: bit-identical. ``reproduced``: within the tolerance (0 ulps, or 1 where the framework's
-    rsqrt is an approximation emulated within an ulp). ``also_eps``: other eps values that give the
-    same bits. ``eps_source`` as in :class:`batchnorm.explain.DialectResult`."""
+    ``exact``: bit-identical. ``reproduced``: within the tolerance (0 ulps, or
+    :data:`RSQRT_STAND_IN_ULPS` where the framework's approximate rsqrt cannot run on this CPU).
+    ``also_eps``: other eps values that give the same bits. ``eps_source`` as in
+    :class:`batchnorm.explain.DialectResult`."""
 
     dialect: str
     framework: str
@@ -113,7 +117,7 @@ def _candidates(d: Dialect, p: Problem, inferred: tuple[float, float] | None) ->
 
 def _best_eps(d: Dialect, p: Problem, inferred: tuple[float, float] | None) -> Match | None:
     r = resolved(d, p)
-    tolerance = max(p.tolerance, 1 if r.approximate_rsqrt else 0)
+    tolerance = max(p.tolerance, 0 if _rsqrt.reproduced(r.rsqrt) else RSQRT_STAND_IN_ULPS)
     tried: dict[float, Match] = {}
     for eps, source in _candidates(d, p, inferred):
         if r.effective_eps(eps) not in tried:

@@ -76,6 +76,7 @@ import numpy as np
 __all__ = [
     "TENSORFLOW_PACKET",
     "RsqrtUnavailable",
+    "reproduced",
     "rsqrt_correct",
     "rsqrt_tensorflow",
     "rsqrt_xla",
@@ -156,6 +157,12 @@ def tensorflow_available() -> bool:
 def xla_available() -> bool:
     """Whether :func:`rsqrt_xla` can run here (x86-64, numba importable)."""
     return "xla" in _kernels()
+
+
+def reproduced(kind: str) -> bool:
+    """Whether the rsqrt of a dialect's ``rsqrt`` field ("correct", "tensorflow", "xla") is computed
+    bit for bit here; where it is not, :func:`rsqrt_correct` stands in, within 3 ulps."""
+    return kind == "correct" or kind in _kernels()
 
 
 # -- internals ------------------------------------------------------------------------------------

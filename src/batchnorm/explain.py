@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dialects
+from . import _rsqrt, dialects
 from ._diagnosis import diagnose
 from ._dialect_runs import ordering, resolved, run, run_fields, running, textbook
 from ._errors import BatchNormError
@@ -271,5 +271,7 @@ def _arithmetic_cause(p: Problem, d: Dialect) -> str:
     if p.training and d.variance != "two_pass":
         cause += "; batch variance E[x^2]-E[x]^2" + (" clamped at 0" if "clamped" in d.variance else "")
     if d.approximate_rsqrt:
-        cause += f" ({d.rsqrt} rsqrt, emulated within 1 ulp)"
+        here = _rsqrt.reproduced(d.rsqrt)
+        how = "reproduced bit for bit" if here else "not available here: 1/sqrt stands in"
+        cause += f" ({d.rsqrt} rsqrt, {how})"
     return cause
