@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class Coefficients:
 
     def reordered(self, order: Callable[[np.ndarray], np.ndarray]) -> Coefficients:
         """The same coefficients with every per-channel array passed through ``order``."""
-        arrays = {
+        arrays: dict[str, Any] = {
             f.name: order(getattr(self, f.name))
             for f in dataclasses.fields(self)
             if isinstance(getattr(self, f.name), np.ndarray)

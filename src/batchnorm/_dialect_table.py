@@ -119,7 +119,7 @@ SOURCES: tuple[tuple[str, Cell], ...] = (("framework", lambda d: d.framework), (
 
 def _where(d: Dialect) -> list[tuple[str, tuple[int, int], int | None]]:
     """Each (path name, layout, channel count to resolve it with) that ``d`` lists, in order."""
-    out = []
+    out: list[tuple[str, tuple[int, int], int | None]] = []
     for path in d.paths:
         channels = path.channel_multiple if path.channel_multiple > 1 else None
         out.extend((path.name, layout, channels) for layout in path.layouts)
