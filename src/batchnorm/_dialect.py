@@ -114,8 +114,12 @@ class Dialect:
 
     @property
     def approximate_rsqrt(self) -> bool:
-        """True where the framework's rsqrt is not the correctly rounded 1/sqrt."""
-        return self.rsqrt != "correct"
+        """True where the scale is formed with the framework's rsqrt and that rsqrt is not the
+        correctly rounded 1/sqrt (a quotient g / sqrt and ONNX's ratio form no rsqrt at all)."""
+        forms_rsqrt = self.elementwise == "normalized_fma" or (
+            self.scale_form == "reciprocal" and self.elementwise != "ratio"
+        )
+        return forms_rsqrt and self.rsqrt != "correct"
 
     def effective_eps(self, eps: float) -> float:
         """The epsilon the framework actually adds: raised to the floor, stored as float32 if it does."""

@@ -82,6 +82,8 @@ def _scale(d: Dialect) -> str:
 
 
 def _root(d: Dialect) -> str:
+    if d.rsqrt != "correct" and not d.approximate_rsqrt:
+        return "- (no rsqrt formed)"
     return _RSQRT.get(d.rsqrt, d.rsqrt)
 
 
