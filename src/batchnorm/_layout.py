@@ -9,6 +9,7 @@ are not contiguous, are copied once into channels-last order.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,16 @@ class Layout:
         inverse = tuple(int(i) for i in np.argsort(self.perm))
         return permuted.transpose(inverse), permuted.reshape(self.outer, self.channels, self.inner)
 
+    @property
+    def channels_in_order(self) -> bool:
+        """True when memory holds the channels in the C order of the channel shape (one channel axis,
+        or several in increasing order): then flattening a parameter needs no transpose."""
+        return [a for a in self.perm if a in self.axes] == list(self.axes)
+
     def flat_channels(self, p: np.ndarray) -> np.ndarray:
         """A parameter of the channel shape, flattened in the order the channels have in memory."""
+        if self.channels_in_order:
+            return p.reshape(self.channels)
         order = [self.axes.index(a) for a in self.perm if a in self.axes]
         return p.reshape(self.channel_shape).transpose(order).reshape(self.channels)
 
@@ -81,9 +90,9 @@ def plan(x: np.ndarray, axes: tuple[int, ...]) -> Layout:
         shape=x.shape,
         axes=axes,
         perm=perm,
-        outer=int(np.prod(sizes[:first], dtype=np.int64)),
-        channels=int(np.prod(sizes[first : last + 1], dtype=np.int64)),
-        inner=int(np.prod(sizes[last + 1 :], dtype=np.int64)),
+        outer=math.prod(sizes[:first]),
+        channels=math.prod(sizes[first : last + 1]),
+        inner=math.prod(sizes[last + 1 :]),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -77,7 +78,7 @@ def channel_parameter(value: Any, name: str, shape: tuple[int, ...], *, finite: 
             f"{name} must hold real numbers ({_FLOAT_NAMES}); got dtype {arr.dtype}. "
             f"Pass {name} as a float array of shape {shape}"
         )
-    if arr.shape != shape and arr.shape != (int(np.prod(shape)),):
+    if arr.shape != shape and arr.shape != (math.prod(shape),):
         raise BatchNormError(
             f"{name} must have the channel shape {shape}; got shape {arr.shape}. "
             f"Pass one value per channel, e.g. {name}.reshape({shape})"

@@ -12,6 +12,7 @@ Inputs are never modified.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,7 @@ def _prepare(x: Any, axis: Axis | None, eps: float | None, dialect: str | Dialec
     d = get(dialect)
     x = _validate.input_array(x)
     axes = _validate.channel_axes(d.axis if axis is None else axis, x.ndim)
-    d = d.for_input(x.ndim, axes, channels=int(np.prod([x.shape[a] for a in axes])))
+    d = d.for_input(x.ndim, axes, channels=math.prod(x.shape[a] for a in axes))
     eps_value = d.effective_eps(_validate.epsilon(d.eps if eps is None else eps))
     return _Prepared(x, plan(x, axes), d, eps_value)
 
@@ -129,7 +130,9 @@ def _transform(
         None if beta is None else beta.reshape(-1),
         p.eps,
         compute_dtype(p.dialect, p.x.dtype),
-    ).reordered(layout.flat_channels)
+    )
+    if not layout.channels_in_order:
+        co = co.reordered(layout.flat_channels)
     y, y3 = _output(p, _output_dtype(p.dialect, p.x, *raw), out)
     _kernels.apply_affine(layout.input3(p.x), co, y3)
     _finish(y, y3, layout)
