@@ -309,6 +309,21 @@ def _form(form, x, sh, sc, dv, of, gn):
 
 
 @_scalar
+def _position(it, nseg, C):
+    """Work item ``it`` of a row layout: (row, segment j of that row, channel c)."""
+    row = it // nseg
+    return row, it - row * nseg, row % C
+
+
+@_scalar
+def _segment(row, j, inner, nseg):
+    """The flat bounds [lo, hi) of segment j of row ``row`` (rows of ``inner`` values, nseg segments)."""
+    if nseg == 1:
+        return row * inner, row * inner + inner
+    return row * inner + j * inner // nseg, row * inner + (j + 1) * inner // nseg
+
+
+@_scalar
 def _advance(j, row, c, nseg, C):
     """The work item after segment j of row `row` (channel c): no divisions on the way."""
     j += 1
@@ -329,9 +344,7 @@ def _apply(x, sh, sc, dv, of, gn, form, out, outer, C, inner, nseg, nchunks):
     items = -(-outer // nseg) if cols else outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
-        row = it0 // nseg  # the position of work item it: segment j of row `row`, channel c
-        j = it0 - row * nseg
-        c = row % C
+        row, j, c = _position(it0, nseg, C)
         for it in range(it0, items * (t + 1) // nchunks):
             if cols:  # rows it * nseg, ... of C columns, a coefficient per column
                 for r in range(it * nseg, min((it + 1) * nseg, outer)):
@@ -363,12 +376,7 @@ def _apply(x, sh, sc, dv, of, gn, form, out, outer, C, inner, nseg, nchunks):
                                 _form(4, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys
                             )
                 continue
-            if nseg == 1:
-                lo = row * inner
-                hi = lo + inner
-            else:
-                lo = row * inner + j * inner // nseg
-                hi = row * inner + (j + 1) * inner // nseg
+            lo, hi = _segment(row, j, inner, nseg)
             xs = x[lo:hi]
             ys = out[lo:hi]
             s, k, d, o, g = sh[c], sc[c], dv[c], of[c], gn[c]
@@ -397,9 +405,7 @@ def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
     items = -(-outer // nseg) if cols else outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
-        row = it0 // nseg  # the position of work item it: segment j of row `row`, channel c
-        j = it0 - row * nseg
-        c = row % C
+        row, j, c = _position(it0, nseg, C)
         for it in range(it0, items * (t + 1) // nchunks):
             if cols:  # as in _apply
                 for r in range(it * nseg, min((it + 1) * nseg, outer)):
@@ -409,12 +415,7 @@ def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
                             a[w] * _load(gs[w], 0.0) + k[w] * (_load(xs[w], 0.0) - m[w]) + c0[w], ys
                         )
                 continue
-            if nseg == 1:
-                lo = row * inner
-                hi = lo + inner
-            else:
-                lo = row * inner + j * inner // nseg
-                hi = row * inner + (j + 1) * inner // nseg
+            lo, hi = _segment(row, j, inner, nseg)
             gs = dy[lo:hi]
             xs = x[lo:hi]
             ys = out[lo:hi]
@@ -511,16 +512,9 @@ def _moments(x, squares, sq32, outer, C, inner, nseg, block, nchunks):
     items = outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
-        row = it0 // nseg  # the position of work item it: segment j of row `row`, channel c
-        j = it0 - row * nseg
-        c = row % C
+        row, j, c = _position(it0, nseg, C)
         for _ in range(it0, items * (t + 1) // nchunks):
-            if nseg == 1:
-                lo = row * inner
-                hi = lo + inner
-            else:
-                lo = row * inner + j * inner // nseg
-                hi = row * inner + (j + 1) * inner // nseg
+            lo, hi = _segment(row, j, inner, nseg)
             xs = x[lo:hi]
             nb = np.float64(hi - lo)
             s1 = 0.0
@@ -603,16 +597,9 @@ def _grad_sums(dy, x, m, outer, C, inner, nseg, block, nchunks):
     items = outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
-        row = it0 // nseg  # the position of work item it: segment j of row `row`, channel c
-        j = it0 - row * nseg
-        c = row % C
+        row, j, c = _position(it0, nseg, C)
         for _ in range(it0, items * (t + 1) // nchunks):
-            if nseg == 1:
-                lo = row * inner
-                hi = lo + inner
-            else:
-                lo = row * inner + j * inner // nseg
-                hi = row * inner + (j + 1) * inner // nseg
+            lo, hi = _segment(row, j, inner, nseg)
             gs = dy[lo:hi]
             xs = x[lo:hi]
             mc = m[c]
