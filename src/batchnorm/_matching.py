@@ -117,7 +117,8 @@ def _candidates(d: Dialect, p: Problem, inferred: tuple[float, float] | None) ->
 
 def _best_eps(d: Dialect, p: Problem, inferred: tuple[float, float] | None) -> Match | None:
     r = resolved(d, p)
-    tolerance = max(p.tolerance, 0 if _rsqrt.reproduced(r.rsqrt) else RSQRT_STAND_IN_ULPS)
+    stand_in = r.approximate_rsqrt and not _rsqrt.reproduced(r.rsqrt)
+    tolerance = max(p.tolerance, RSQRT_STAND_IN_ULPS if stand_in else 0)
     tried: dict[float, Match] = {}
     for eps, source in _candidates(d, p, inferred):
         if r.effective_eps(eps) not in tried:
