@@ -17,6 +17,9 @@ Rsqrt = Literal["correct", "tensorflow", "xla"]
 Variance = Literal["two_pass", "sum_of_squares", "sum_of_squares_clamped"]
 Precision = Literal["float64", "native"]
 Estimator = Literal["biased", "unbiased"]
+Reduction = Literal[
+    "float64", "numpy", "torch-batchnorm", "torch-reduce", "onnxruntime", "eigen", "onednn", "xla"
+]
 
 #: tf.nn.fused_batch_norm's ``min_epsilon`` in TF <= 2.11 (cuDNN's old CUDNN_BN_MIN_EPSILON).
 TF_MIN_EPSILON = 1.001e-5
@@ -65,6 +68,11 @@ class Dialect:
     Frameworks that switch code paths by input layout (tf_keras' fused kernel for rank 4 and 5) list
     them in ``paths``; :meth:`for_input` resolves the dialect for one input.
 
+    Training statistics follow ``reduction``: ``"float64"`` accumulates in float64 and rounds once (the
+    kernels' own order, which no float32 tree can tell apart); every other value names a framework's
+    float32 reduction tree, emulated operation by operation in :mod:`batchnorm._reductions`, because at
+    a large mean (x = 1e4 + randn) the float32 statistics are the rounding of that tree.
+
     The running statistics update as ``r <- momentum * r + (1 - momentum) * batch`` when momentum weighs
     the **old** value (Keras, ONNX, Flax) and ``r <- (1 - momentum) * r + momentum * batch`` when it
     weighs the **new** batch (PyTorch). The stored variance is the batch variance (``"biased"``, divided
@@ -80,6 +88,7 @@ class Dialect:
     running_variance: Estimator
     variance: Variance = "two_pass"
     statistics_precision: Precision = "native"
+    reduction: Reduction = "float64"
     precision: Precision = "native"
     scale_form: ScaleForm = "reciprocal"
     elementwise: Elementwise = "affine"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels, _validate
+from . import _kernels, _reductions, _validate
 from ._arithmetic import coefficients, compute_dtype
 from ._errors import BatchNormError, BatchNormWarning, FrameworkRuleError
 from ._layout import Layout, plan
@@ -203,7 +203,11 @@ def normalize_batch(
     n = p.layout.count
     _check_training(p, n)
     stats_dtype = _statistics_dtype(p)
-    mean3, var3 = _kernels.moments(p.layout.input3(p.x), p.dialect.variance, stats_dtype)
+    x3 = p.layout.input3(p.x)
+    if p.dialect.reduction == "float64":
+        mean3, var3 = _kernels.moments(x3, p.dialect.variance, stats_dtype)
+    else:
+        mean3, var3 = _reductions.moments(p.dialect.reduction, x3, p.dialect.variance, stats_dtype)
     mean = p.layout.unflat_channels(mean3)
     var = p.layout.unflat_channels(var3)
     _validate.nonzero_denominator(var, p.eps, where="batch variance")

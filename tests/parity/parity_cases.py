@@ -55,6 +55,10 @@ LAYOUTS = {
     "single": ((1, 5), 1),  # a batch of 1 in 2-D: one value per channel
     "pair": ((2, 3), 1),  # n = 2: the Bessel factor n/(n-1) is 2
     "pair4": ((2, 3, 1, 1), 1),  # n = 2 on the tf_keras fused path
+    # large enough for vectorized and multi-threaded reduction trees (n = 8192 per channel)
+    "b4f": ((8, 16, 32, 32), 1),
+    "b4l": ((8, 32, 32, 16), -1),
+    "b2": ((8192, 16), 1),
 }
 EPSILONS = (1e-3, 1e-5, 0.0, 1e-8)
 MOMENTA = (0.0, 0.5, 0.9, 0.99)
@@ -165,6 +169,12 @@ def all_cases() -> list[dict]:
                 eps=1e-3,
                 momentum=MOMENTA[(i + 1) % 4],
                 regime="offset",
+            )
+        )
+    for i, layout in enumerate(("b4f", "b4l", "b2")):
+        add(
+            _case(
+                f"tr_{layout}_offset", "training", layout, eps=1e-3, momentum=MOMENTA[i + 1], regime="offset"
             )
         )
     for layout in ("r4f", "r4l", "r2"):
