@@ -169,6 +169,7 @@ def test_long_rows_split_into_segments_and_chunks(monkeypatch):
     tile of columns: the same bits and sums."""
     monkeypatch.setattr(compiled, "ELEMENT_SEGMENT", 7)
     monkeypatch.setattr(compiled, "STAT_BLOCK", 16)
+    monkeypatch.setattr(compiled, "COLUMN_BLOCK", 16)
     rng = np.random.default_rng(3)
     for shape in [(3, 2, 101), (1, 1, 500), (40, 3, 1), (9, 2, 3), (5, 600, 1), (7, 130, 3)]:
         x3 = data(rng, shape, F32, 2.0, False) + np.float32(50)
@@ -375,6 +376,7 @@ def test_grad_sums_equal_the_reference_to_rounding(shape, dtype, seed, offset):
 def test_a_constant_channel_has_variance_exactly_zero(shape, dtype, monkeypatch):
     """What makes eps = 0 an error rather than a division by a rounding residue."""
     monkeypatch.setattr(compiled, "STAT_BLOCK", 64)
+    monkeypatch.setattr(compiled, "COLUMN_BLOCK", 64)
     x3 = np.broadcast_to(np.float32([3.0, 0.1, -7.5, 1e4, 2.0])[: shape[1]].reshape(1, -1, 1), shape).astype(
         dtype
     )

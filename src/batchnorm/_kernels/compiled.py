@@ -52,8 +52,11 @@ VARIANCES = {"two_pass": 0, "sum_of_squares": 1, "sum_of_squares_clamped": 1}
 #: (statistics; ELEMENT_ROW_MIN for the elementwise kernels).
 ROW_MIN = 16
 ELEMENT_ROW_MIN = 16
-#: values per block of a two-pass statistics block (its second pass reads it from cache).
+#: values per segment of a two-pass statistics row (its second pass reads it from cache).
 STAT_BLOCK = 8192
+#: values per block of rows in the channels-last statistics kernels: 256 kB of float32 for the second
+#: pass to find in L2, and few enough blocks that the per-column merges stay cheap.
+COLUMN_BLOCK = 1 << 16
 #: values per work item of the elementwise kernels along long rows.
 ELEMENT_SEGMENT = 1 << 16
 #: channels-last rows narrower than this are taken several at a time (fewer, longer inner loops).
@@ -764,7 +767,7 @@ def moments(x3: np.ndarray, variance: str, dtype: np.dtype) -> tuple[np.ndarray,
     squares = VARIANCES[variance] == 1
     sq32 = dtype != np.float64
     plan = _plan(outer, C, inner, STAT_BLOCK)
-    block = max(1, STAT_BLOCK // plan.C)
+    block = max(1, COLUMN_BLOCK // plan.C)
     cnt, a1, a2 = _launch(_moments, _storage(_contiguous(x3)), squares, sq32, *plan.args, block, plan.nchunks)
     per = 1
     if plan.inner == 1:  # columns: one row of partial statistics per tiled row, channels by `repeat`
@@ -781,7 +784,7 @@ def grad_sums(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.nda
         return np.zeros(C), np.zeros(C)
     plan = _plan(outer, C, inner, STAT_BLOCK)
     m = plan.columns(np.ascontiguousarray(mean, dtype=np.float64))
-    block = max(1, STAT_BLOCK // plan.C)
+    block = max(1, COLUMN_BLOCK // plan.C)
     dy, x = _storage(_contiguous(dy3)), _storage(_contiguous(x3))
     s1, s2 = _launch(_grad_sums, dy, x, m, *plan.args, block, plan.nchunks)
     if plan.inner != 1:
