@@ -1,0 +1,438 @@
+"""XLA's batch moments on CPU (jax 0.10 / jaxlib's XLA), as Flax and Keras 3 on JAX compute them eagerly.
+
+Flax (flax/linen/normalization.py ``_compute_stats``, ``use_fast_variance=True``, x first cast to float32)
+and Keras 3 on JAX (keras/src/backend/jax/nn.py ``moments``, float16/bfloat16 first cast to float32)::
+
+    r    = fl32(1 / n)                       # XLA turns the division by the constant n into a product
+    mean = fl32(S(x) * r)                    # jnp.mean
+    flax: var = max(0, fl32(fl32(S(fl32(x * x)) * r) - fl32(mean * mean)))   # x * x its own op
+    keras: var = fl32(S((x - mean)^2) / n)   # jnp.var: one jitted computation, n a traced divisor
+
+``S`` is XLA's float32 sum over every axis but the channel axes, decided by the reduce's size
+(xla/backends/cpu/ynn_support.cc ``IsInstructionPreferredByYnn``: 4096 elements or more):
+
+- 4096 or more: a YNNPACK fusion (google/XNNPACK ynnpack/subgraph/reduce.cc ``ynn_define_reduce``).
+  The reduce's dimensions, innermost first, get split factors (ynnpack/subgraph/slinky.cc
+  ``make_split_factors``: tiles of 32768 values, each dimension ``min(32768 // tile so far, extent)``);
+  a split reduced dimension makes a partial reduction: each tile of the split dimensions sums into its
+  own slot of an intermediate, which a second reduce sums. A split loop runs only where it runs in
+  parallel (ynnpack/subgraph/runtime.cc ``make_schedule``: the outermost split dimensions until
+  ``2 * threads`` tasks) or computes a fused producer (the (x - mean)^2 of jnp.var); a loop that does
+  not run leaves its dimension whole, summed into slot 0. Within a tile, contiguous reduced values form
+  rows for ``sum_float_k1`` and strided rows of contiguous channels use ``sum_float_kn`` (trees in
+  :mod:`._xla_kernels`), further rows added to the slot one after another.
+- fewer: XLA's own loops. A reduced dimension longer than 32 is first cut into windows of 32
+  (xla/hlo/transforms/simplifiers/tree_reduction_rewriter.cc: a reduce-window of size and stride
+  min(extent, 32) per reduced dimension, "SAME" zero padding, repeated while a dimension exceeds 32),
+  each window summed in row-major order from 0; the last reduce sums row-major from 0. A fused square
+  contracts into a fused multiply-add, fl32(d * d + acc).
+
+The split factors follow the input's own dimensions, not the (outer, C, inner) view: ``shape`` is the
+input's shape in memory order (outer dimensions, channel dimensions, inner dimensions; NCHW as is,
+NHWC as is). Left out, it is read off the array ``x3`` views when that array has the same number of
+values (or is a trailing block of it), else ``x3``'s own shape is used. ``threads`` is XLA's intra-op
+pool size (default: the CPUs this process may run on); it decides which split loops run (a pool of 1
+runs none). Measured bit for bit against jax 0.10.2 on this machine (see tests/test_reductions_xla.py
+and the report of the module's introduction). Under ``jax.jit`` of a whole training step the formulas
+differ (the var's divisor is folded into a product, x * x fuses into its reduce); that is not emulated.
+float64 inputs (JAX's x64 mode) are summed in float64 by :mod:`batchnorm._kernels` instead.
+
+Speed: Flax's S(x) and S(x * x) run the same tiles, so one pass over x sums both; the tiles' kernel calls
+are laid out with NumPy (one template per tile shape), and each YNNPACK pass is one parallel launch of
+:mod:`._xla_kernels` (small ones run on the calling thread).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import numpy as np
+
+__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "intra_op_threads", "memory_shape", "moments"]
+
+#: Reduces of this many input values or more go to YNNPACK (XLA's ``kMinElements``).
+YNN_MIN_ELEMENTS = 4096
+#: YNNPACK's tile area in float32 values (``make_split_factors``: 32768 * 4 bytes / 4).
+TILE_VALUES = 32768
+#: Sums of fewer values than this run on the calling thread (waking numba's pool costs more).
+SERIAL_VALUES = 1 << 18
+#: XLA CPU's tree-reduction window.
+WINDOW = 32
+
+
+def intra_op_threads() -> int:
+    """XLA's default intra-op pool size: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def memory_shape(x3: np.ndarray) -> tuple[int, ...]:
+    """The input's shape in memory order, read off the array ``x3`` views (see the module docstring)."""
+    outer, channels, inner = x3.shape
+    base = x3.base
+    while base is not None and isinstance(base, np.ndarray):
+        if base.flags.c_contiguous:
+            dims = tuple(int(d) for d in base.shape)
+            for start in range(len(dims)):  # a trailing block of the base holding exactly x3's values
+                tail = dims[start:]
+                if math.prod(tail) == x3.size and _splits_as(tail, outer, channels, inner):
+                    return tail
+        base = base.base
+    return (outer, channels, inner)
+
+
+def _splits_as(dims: tuple[int, ...], outer: int, channels: int, inner: int) -> bool:
+    for i in range(len(dims) + 1):
+        for j in range(i, len(dims) + 1):
+            if (math.prod(dims[:i]), math.prod(dims[i:j]), math.prod(dims[j:])) == (outer, channels, inner):
+                return True
+    return False
+
+
+def _channel_block(dims: tuple[int, ...], outer: int, channels: int) -> tuple[int, int]:
+    """[start, stop) of the channel dimensions in ``dims`` (size-1 dimensions change nothing either way)."""
+    start = next(i for i in range(len(dims) + 1) if math.prod(dims[:i]) == outer)
+    stop = next(j for j in range(start, len(dims) + 1) if math.prod(dims[start:j]) == channels)
+    return start, stop
+
+
+def moments(
+    x3: np.ndarray,
+    variance: str,
+    dtype: np.dtype,
+    *,
+    shape: tuple[int, ...] | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of ``x3`` (outer, C, inner) as XLA on CPU sums them.
+
+    ``variance``: "sum_of_squares_clamped" is Flax's fast variance, "sum_of_squares" the same unclamped,
+    "two_pass" Keras 3's jnp.var. ``shape`` and ``threads``: see the module docstring.
+    """
+    dtype = np.dtype(dtype)
+    if x3.dtype == np.float64:
+        from .. import _kernels
+
+        result: tuple[np.ndarray, np.ndarray] = _kernels.moments(x3, variance, dtype)
+        return result
+    outer, C, inner = x3.shape
+    dims = tuple(shape) if shape is not None else memory_shape(x3)
+    if math.prod(dims) != x3.size:
+        raise ValueError(f"shape {dims} does not hold the {x3.size} values of x3")
+    start, stop = _channel_block(dims, outer, C)
+    pool = intra_op_threads() if threads is None else threads
+    x = np.ascontiguousarray(x3, dtype=np.float32)
+    n = outer * inner
+    f32 = np.float32
+    reciprocal = f32(1.0) / f32(n)
+    with np.errstate(all="ignore"):
+        if variance == "two_pass":
+            mean = _sums(x, dims, start, stop, None, pool)[0] * reciprocal
+            var = _sums(x, dims, start, stop, mean, pool)[0] / f32(n)
+        else:  # S(x) and S(x * x): two reduces of the same shape, summed in one pass over x
+            sums, squares = _sums(x, dims, start, stop, None, pool, squares=True)
+            mean = sums * reciprocal
+            var = squares * reciprocal - mean * mean
+            if variance == "sum_of_squares_clamped":
+                var = np.maximum(f32(0.0), var)
+    return mean.astype(dtype), var.astype(dtype)
+
+
+def _sums(
+    x: np.ndarray,
+    dims: tuple[int, ...],
+    start: int,
+    stop: int,
+    means: np.ndarray | None,
+    threads: int,
+    squares: bool = False,
+) -> list[np.ndarray]:
+    """Per-channel float32 S(x) of the contiguous (outer, C, inner) ``x``, or S((x - means)^2) fused;
+    with ``squares`` also S(fl32(x * x)) of the separately computed squares (means None)."""
+    if x.size >= YNN_MIN_ELEMENTS:
+        return _ynn_sums(x, dims, start, stop, means, threads, squares)
+    terms = x if means is None else x - means.astype(np.float32)[None, :, None]
+    result = [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=means is not None)]
+    if squares:
+        result.append(_xla_loop_sum((x * x).reshape(dims), start, stop, square_fma=False))
+    return result
+
+
+# -- XLA's own loops (fewer than 4096 values) ------------------------------------------------------------
+
+
+def _xla_loop_sum(a: np.ndarray, start: int, stop: int, *, square_fma: bool) -> np.ndarray:
+    from . import _xla_kernels as k
+
+    reduced = [d for d in range(a.ndim) if not start <= d < stop]
+    if any(a.shape[d] > WINDOW for d in reduced):
+        a = _window_sums(a * a if square_fma else a, reduced)  # measured: a fused square rounds here
+        square_fma = False
+    while any(a.shape[d] > WINDOW for d in reduced):
+        a = _window_sums(a, reduced)
+    kept = list(range(start, stop))
+    rows = np.ascontiguousarray(a.transpose(kept + reduced)).reshape(math.prod(a.shape[d] for d in kept), -1)
+    sums: np.ndarray = k.sequential(rows, square_fma)
+    return sums
+
+
+def _window_sums(a: np.ndarray, reduced: list[int]) -> np.ndarray:
+    """One reduce-window: windows of min(extent, 32) along each reduced dimension, "SAME" zero padding."""
+    from . import _xla_kernels as k
+
+    pads, sizes, counts = [], [], []
+    for d, extent in enumerate(a.shape):
+        size = min(extent, WINDOW) if d in reduced else 1
+        count = -(-extent // size)
+        total = count * size - extent
+        pads.append((total // 2, total - total // 2))
+        sizes.append(size)
+        counts.append(count)
+    padded = np.pad(a, pads)
+    split = padded.reshape([v for pair in zip(counts, sizes, strict=True) for v in pair])
+    order = list(range(0, 2 * a.ndim, 2)) + list(range(1, 2 * a.ndim, 2))
+    windows = np.ascontiguousarray(split.transpose(order)).reshape(math.prod(counts), -1)
+    sums: np.ndarray = k.sequential(windows, False)
+    return sums.reshape(counts)
+
+
+# -- YNNPACK (4096 values or more) ---------------------------------------------------------------------
+
+
+def _split_factors(extents: list[int]) -> list[int | None]:
+    """``make_split_factors`` over dimensions innermost first: None where the dimension is not split."""
+    so_far = 1
+    splits: list[int | None] = []
+    for extent in extents:
+        s = max(1, min(TILE_VALUES // so_far, extent))
+        splits.append(None if s >= extent else s)
+        so_far *= extent if s >= extent else s
+    return splits
+
+
+def _parallel_loops(extents: list[int], splits: list[int | None], threads: int) -> list[bool]:
+    """``make_schedule``'s workers: split loops from the outermost run in parallel until 2 * threads
+    tasks (a pool of one runs everything serially)."""
+    tasks = 2 * threads if threads > 1 else 1
+    so_far = 1
+    parallel = [False] * len(extents)
+    for d in reversed(range(len(extents))):
+        s = splits[d]
+        if threads > 1 and s is not None:
+            parallel[d] = -(-tasks // so_far) > 1
+            so_far *= -(-extents[d] // s)
+    return parallel
+
+
+def _ynn_sum(
+    x: np.ndarray,
+    dims: tuple[int, ...],
+    start: int,
+    stop: int,
+    means: np.ndarray | None,
+    threads: int,
+) -> np.ndarray:
+    """Per-channel S(x) (or S((x - means)^2) fused) of the contiguous ``x`` as YNNPACK sums it."""
+    return _ynn_sums(x, dims, start, stop, means, threads)[0]
+
+
+def _ynn_sums(
+    x: np.ndarray,
+    dims: tuple[int, ...],
+    start: int,
+    stop: int,
+    means: np.ndarray | None,
+    threads: int,
+    squares: bool = False,
+) -> list[np.ndarray]:
+    """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x))]: each reduce runs the same tiles."""
+    rank = len(dims)
+    extents = [int(e) for e in reversed(dims)]  # slinky's order: innermost first
+    reduced = [not start <= rank - 1 - i < stop for i in range(rank)]
+    splits = _split_factors(extents)
+    flat = x.reshape(-1)
+    C = math.prod(dims[start:stop])
+    channel_means = None if means is None else np.ascontiguousarray(means, dtype=np.float32)
+    count = 2 if squares else 1
+    if not any(r and s is not None for r, s in zip(reduced, splits, strict=True)):
+        outs = [np.zeros(C, np.float32) for _ in range(count)]
+        _ynn_pass(
+            flat, extents, reduced, [None] * rank, _row_major(extents, reduced, None), outs, channel_means
+        )
+        return outs
+    # a partial reduction: the intermediate keeps a slot per tile of each split reduced dimension
+    parallel = _parallel_loops(extents, splits, threads)
+    runs = [
+        s if s is not None and r and (parallel[d] or means is not None) else None
+        for d, (s, r) in enumerate(zip(splits, reduced, strict=True))
+    ]
+    slots = [
+        (-(-e // s) if s is not None else 1) if r else e
+        for e, s, r in zip(extents, splits, reduced, strict=True)
+    ]
+    partials = [np.zeros(math.prod(slots), np.float32) for _ in range(count)]
+    keep = _row_major(extents, reduced, slots)
+    _ynn_pass(flat, extents, reduced, runs, keep, partials, channel_means, slot_size=splits)
+    outs = []
+    for partial in partials:
+        out = np.zeros(C, np.float32)
+        _ynn_pass(partial, slots, reduced, [None] * rank, _row_major(slots, reduced, None), [out], None)
+        outs.append(out)
+    return outs
+
+
+def _row_major(extents: list[int], reduced: list[bool], keep: list[int] | None) -> list[int]:
+    """Strides of the output buffer per dimension (innermost first): the kept dimensions of ``extents``
+    (keep None) or the intermediate of extents ``keep``; 0 for the dimensions it does not hold."""
+    strides, step = [], 1
+    for d, extent in enumerate(extents):
+        size = (1 if reduced[d] else extent) if keep is None else keep[d]
+        strides.append(step if size > 1 else 0)
+        step *= size
+    return strides
+
+
+def _ynn_pass(
+    flat: np.ndarray,
+    extents: list[int],
+    reduced: list[bool],
+    runs: list[int | None],
+    out_strides: list[int],
+    outs: list[np.ndarray],
+    means: np.ndarray | None,
+    slot_size: list[int | None] | None = None,
+) -> None:
+    """One YNNPACK reduce of ``flat`` (row-major, ``extents`` innermost first) into ``outs`` (the sums,
+    and the sums of squares where there are two): a tile per combination of the running split loops
+    (``runs``), each into its own slot (the tiles' order is free: no two write the same slot).
+
+    Tiles of one shape (full, or short at the end of a split dimension) run the same kernel calls from
+    their own origin, so the calls are built once per shape and laid out over the tiles with NumPy."""
+    rank = len(extents)
+    strides = [math.prod(extents[:d]) for d in range(rank)]
+    sizes = slot_size if slot_size is not None else [None] * rank
+    per_dim = []  # (origins, extent) of the full tiles and of a short last one
+    for extent, run in zip(extents, runs, strict=True):
+        if run is None:
+            per_dim.append([(np.zeros(1, np.int64), extent)])
+            continue
+        full = extent // run
+        shapes = [(np.arange(full, dtype=np.int64) * run, run)] if full else []
+        if extent % run:
+            shapes.append((np.array([full * run], np.int64), extent % run))
+        per_dim.append(shapes)
+    batches: dict[tuple[str, int, int, int, int], list[tuple[np.ndarray, ...]]] = {}
+    for shape in itertools.product(*per_dim):
+        key, call_offsets, k1, k2, call_slots = _kernel_calls(
+            [e for _, e in shape], strides, reduced, out_strides
+        )
+        origin = np.zeros(1, np.int64)
+        slot = np.zeros(1, np.int64)
+        for d in reversed(range(rank)):  # outermost first: tiles in row-major order
+            starts = shape[d][0]
+            origin = (origin[:, None] + starts[None, :] * strides[d]).reshape(-1)
+            size = sizes[d]
+            step = (starts // size) * out_strides[d] if reduced[d] and size is not None else 0 * starts
+            slot = (slot[:, None] + step[None, :]).reshape(-1)
+        offsets = (origin[:, None] + call_offsets[None, :]).reshape(-1)
+        slots = (slot[:, None] + call_slots[None, :]).reshape(-1)
+        k1s, k2s = np.full(offsets.size, k1, np.int64), np.full(offsets.size, k2, np.int64)
+        batches.setdefault(key, []).append((offsets, k1s, k2s, slots))
+    for key, calls in batches.items():  # tiles of different shapes but the same kernel: one launch
+        offsets, k1s, k2s, slots = (np.concatenate(parts) for parts in zip(*calls, strict=True))
+        _run(flat, key, offsets, k1s, k2s, slots, outs, means)
+
+
+def _kernel_calls(
+    tile: list[int], strides: list[int], reduced: list[bool], out_strides: list[int]
+) -> tuple[tuple[str, int, int, int, int], np.ndarray, int, int, np.ndarray]:
+    """The kernel a tile of extents ``tile`` runs (``make_unary_reduce_impl``): contiguous reduced
+    dimensions form k1, the next reduced ones k2 rows, kept ones the n channels; other dimensions loop,
+    outermost first. Returns the key (kind, n, stride_n, stride_k2, stride_out), the calls' offsets
+    from the tile's origin, k1, k2 and the calls' slot offsets."""
+    n, k1, k2, stride_n, stride_k2, stride_out = 1, 1, 1, 0, 0, 1
+    loops = []
+    for d, extent in enumerate(tile):
+        if extent == 1:
+            continue
+        s = strides[d]
+        if reduced[d]:
+            if k1 == s:
+                k1 *= extent
+            elif stride_k2 * k2 == s:
+                k2 *= extent
+            elif k2 == 1:
+                k2, stride_k2 = extent, s
+            else:
+                loops.append((extent, s, 0))
+        elif n == 1:
+            n, stride_n, stride_out = extent, s, out_strides[d]
+        elif stride_n * n == s and stride_out * n == out_strides[d]:
+            n *= extent
+        else:
+            loops.append((extent, s, out_strides[d]))
+    kind = "kn" if k1 == 1 and k2 != 1 and (n == 1 or stride_n == 1) else "k1"
+    if kind == "kn":
+        stride_out, stride_n = (stride_out if n > 1 else 1), 1
+    offsets = np.zeros(1, np.int64)
+    slots = np.zeros(1, np.int64)
+    for extent, s, so in reversed(loops):  # outermost first
+        index = np.arange(extent, dtype=np.int64)
+        offsets = (offsets[:, None] + index[None, :] * s).reshape(-1)
+        slots = (slots[:, None] + index[None, :] * so).reshape(-1)
+    return (kind, n, stride_n, stride_k2, stride_out), offsets, k1, k2, slots
+
+
+def _run(
+    flat: np.ndarray,
+    key: tuple[str, int, int, int, int],
+    offsets: np.ndarray,
+    k1s: np.ndarray,
+    k2s: np.ndarray,
+    slots: np.ndarray,
+    outs: list[np.ndarray],
+    means: np.ndarray | None,
+) -> None:
+    """One kernel launch over the calls: the calls into one slot form a group, run in their order."""
+    from .._kernels.compiled import _launch
+    from . import _xla_kernels as k
+
+    kind, n, stride_n, stride_k2, stride_out = key
+    order = np.argsort(slots, kind="stable")  # a slot's calls together, in order
+    offsets, k1s, k2s, slots = offsets[order], k1s[order], k2s[order], slots[order]
+    group_start = np.concatenate(([0], np.flatnonzero(np.diff(slots)) + 1, [slots.size])).astype(np.int64)
+    group_slot = np.ascontiguousarray(slots[group_start[:-1]])
+    groups = group_slot.size
+    out, out_squares = outs[0], outs[1] if len(outs) > 1 else None
+    threads = k.threads()
+    values = int(np.sum(k1s * k2s)) * n
+    if kind == "k1":
+        chunks = _chunks(groups * n, values, threads)
+        args = (flat, group_start, offsets, k1s, k2s, stride_k2, stride_n, n, stride_out, group_slot)
+        _launch(k.k1_groups, *args, means, out, out_squares, chunks)
+        return
+    # kn: the channels are the innermost dimensions of the tile, so its rows are n values apart
+    if stride_k2 != n or (n > 1 and stride_out != 1):
+        raise AssertionError(f"sum_float_kn over rows {stride_k2} apart of {n} channels")
+    per_group = -(-2 * threads // groups)  # split the channels into blocks where groups are few
+    block = (
+        n
+        if per_group <= 1 or values < SERIAL_VALUES
+        else max(k.LANES, _round_up(-(-n // per_group), k.LANES))
+    )
+    chunks = _chunks(groups * -(-n // block), values, threads)
+    _launch(
+        k.kn_groups, flat, group_start, offsets, k2s, n, block, group_slot, means, out, out_squares, chunks
+    )
+
+
+def _chunks(jobs: int, values: int, threads: int) -> int:
+    """Parallel chunks for ``jobs`` jobs summing ``values`` values: one (no thread pool) for small sums."""
+    if values < SERIAL_VALUES or threads <= 1:
+        return 1
+    return min(jobs, 4 * threads)
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
