@@ -1,0 +1,396 @@
+"""numba kernels of two float32 reduction trees, for :mod:`.numpy` (ONNX's reference evaluator) and
+:mod:`.onnxruntime`; the modules there document the trees and hold the NumPy code for other dtypes.
+
+Every kernel sums terms over parts of the flat C-ordered storage of the canonical (N, C, S) float32
+array: ``x`` itself, or ``(x - m)^2`` (``square``; m the channel's mean for a two-pass variance, 0 for a
+sum of squares), each operation rounded to float32. The trees' 8 accumulators (NumPy's pairwise leaves;
+Eigen's two 4-float packets) are one 8-float vector in :func:`_lane_sums`, written in LLVM IR: lane j
+adds its own values in order, as the scalar code would, with no reassociation and no FMA (numba
+contracts nothing without ``fastmath``), only 8 lanes at a time. The rest is plain scalar code.
+
+Parallelism never changes a tree: threads take whole channels (or whole subtrees of one pairwise sum)
+and partial results combine in the tree's own order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._kernels.compiled import _launch
+
+__all__ = ["channel_moments", "channels_last_eigen_moments"]
+
+TREE_NUMPY, TREE_EIGEN = 0, 1
+#: arrays below this many values run on the calling thread alone (waking the pool costs more).
+PARALLEL_MIN = 1 << 16
+#: frames of the explicit pairwise recursion (its depth is log2(n / 128) + 1 at most).
+STACK = 64
+
+_parallel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+_serial = njit(nogil=True, cache=True, error_model="numpy")
+
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+_LANES = ir.VectorType(ir.FloatType(), 8)
+
+
+def _lane_sums_codegen(rows: int):
+    """LLVM IR of the lane sums of ``rows`` runs at once (independent accumulators, interleaved)."""
+
+    def codegen(context, builder, signature, args):
+        data, *firsts, count, mean, squared = args
+        origin = context.make_array(signature.args[0])(context, builder, data).data
+        undefined = ir.Constant(_LANES, ir.Undefined)
+        means = builder.insert_element(undefined, mean, ir.Constant(_I32, 0))
+        means = builder.shuffle_vector(means, undefined, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+        def terms(first, block):
+            at = builder.gep(origin, [builder.add(first, builder.mul(block, ir.Constant(_I64, 8)))])
+            values = builder.load(builder.bitcast(at, _LANES.as_pointer()), align=4)
+            d = builder.fsub(values, means)
+            return builder.select(squared, builder.fmul(d, d), values)
+
+        accs = [cgutils.alloca_once(builder, _LANES) for _ in firsts]
+        for acc, first in zip(accs, firsts, strict=True):
+            builder.store(terms(first, ir.Constant(_I64, 0)), acc)
+        one = ir.Constant(_I64, 1)
+        with cgutils.for_range_slice(builder, one, count, one, inc=True) as (block, _):
+            for acc, first in zip(accs, firsts, strict=True):
+                builder.store(builder.fadd(builder.load(acc), terms(first, block)), acc)
+        lanes = []
+        for acc in accs:
+            total = builder.load(acc)
+            lanes += [builder.extract_element(total, ir.Constant(_I32, j)) for j in range(8)]
+        return context.make_tuple(builder, signature.return_type, lanes)
+
+    return codegen
+
+
+@intrinsic
+def _lane_sums(typingctx, x, start, blocks, m, square):
+    """The 8 lane sums of ``blocks`` >= 1 blocks of 8 terms from x[start]: lane j is term(x[start + j]) +
+    term(x[start + 8 + j]) + ..., added in that order (one <8 x float> accumulator)."""
+    return types.UniTuple(types.float32, 8)(x, start, blocks, m, square), _lane_sums_codegen(1)
+
+
+@intrinsic
+def _lane_sums2(typingctx, x, start_a, start_b, blocks, m, square):
+    """:func:`_lane_sums` of two runs at once (lanes of the run at start_a, then of start_b): two
+    independent dependency chains in flight instead of one."""
+    signature = types.UniTuple(types.float32, 16)(x, start_a, start_b, blocks, m, square)
+    return signature, _lane_sums_codegen(2)
+
+
+@_serial
+def _term(v, m, square):
+    if square:
+        d = v - m
+        return d * d
+    return v
+
+
+@_serial
+def _in_a_row(x, start, stop, res, m, square):
+    """res + the terms of x[start:stop], one at a time."""
+    for i in range(start, stop):
+        res += _term(x[i], m, square)
+    return res
+
+
+@_serial
+def _leaf2(x, sa, sb, n, m, square):
+    """NumPy's pairwise sum of n <= 128 terms (numpy/_core/src/umath/loops_utils.h.src,
+    FLOAT_pairwise_sum) at sa and at sb: under 8 in a row from 0; else 8 accumulators (lane j takes
+    values j, j + 8, ...) combined ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the remainder
+    in a row."""
+    zero = np.float32(0)
+    if n < 8:
+        return _in_a_row(x, sa, sa + n, zero, m, square), _in_a_row(x, sb, sb + n, zero, m, square)
+    r = _lane_sums2(x, sa, sb, n // 8, m, square)
+    a = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    b = ((r[8] + r[9]) + (r[10] + r[11])) + ((r[12] + r[13]) + (r[14] + r[15]))
+    tail = n - n % 8
+    return _in_a_row(x, sa + tail, sa + n, a, m, square), _in_a_row(x, sb + tail, sb + n, b, m, square)
+
+
+@_serial
+def _pairwise2(x, sa, sb, plan, m, square, values):
+    """NumPy's pairwise sums of the terms at sa and at sb (two runs of one length, one tree), following
+    ``plan`` (see :func:`pairwise_plan`) with ``values`` (STACK x 2 float32) as the stack of partial sums:
+    a leaf pushes its two sums, a join adds the top two pairs."""
+    held = 0
+    for i in range(plan.shape[0]):
+        offset, length = plan[i, 0], plan[i, 1]
+        if length < 0:
+            held -= 1
+            values[held - 1, 0] = values[held - 1, 0] + values[held, 0]
+            values[held - 1, 1] = values[held - 1, 1] + values[held, 1]
+        else:
+            values[held, 0], values[held, 1] = _leaf2(x, sa + offset, sb + offset, length, m, square)
+            held += 1
+    return values[0, 0], values[0, 1]
+
+
+@_serial
+def _eigen(x, start, n, head, m, square):
+    """Eigen's vectorized sum with 4-float SSE packets (Eigen/src/Core/Redux.h, LinearVectorizedTraversal)
+    of the terms of x[start:start + n]: from ``start + head`` two packet accumulators p0, p1 over blocks
+    of 8, p0 + p1, one more packet if one fits, lanes combined (l0 + l2) + (l1 + l3); then the ``head``
+    values and the tail, in a row. Under one packet past the head: all n in a row."""
+    rest = n - head
+    size = rest - rest % 4
+    if size == 0:
+        return _in_a_row(x, start + 1, start + n, _term(x[start], m, square), m, square)
+    b = start + head
+    if size == 4:
+        a0, a1 = _term(x[b], m, square), _term(x[b + 1], m, square)
+        a2, a3 = _term(x[b + 2], m, square), _term(x[b + 3], m, square)
+    else:
+        size2 = rest - rest % 8
+        p = _lane_sums(x, b, size2 // 8, m, square)
+        a0, a1, a2, a3 = p[0] + p[4], p[1] + p[5], p[2] + p[6], p[3] + p[7]
+        if size > size2:
+            e = b + size2
+            a0 += _term(x[e], m, square)
+            a1 += _term(x[e + 1], m, square)
+            a2 += _term(x[e + 2], m, square)
+            a3 += _term(x[e + 3], m, square)
+    res = _in_a_row(x, start, b, (a0 + a2) + (a1 + a3), m, square)
+    return _in_a_row(x, b + size, start + n, res, m, square)
+
+
+@_serial
+def _channel_sum(x, N, C, S, c, m, square, tree, head0, plan, values):
+    """Channel c's N row sums (rows n * C + c of S values), added in n order from 0. NumPy rows go two
+    at a time (one ``plan``); Eigen rows set aside the values before their first 16-byte boundary, the
+    array starting ``head0`` bytes past one (head0 < 0: no head)."""
+    total = np.float32(0)
+    if tree == TREE_NUMPY:
+        for n in range(0, N - 1, 2):
+            a, b = _pairwise2(x, (n * C + c) * S, ((n + 1) * C + c) * S, plan, m, square, values)
+            total += a
+            total += b
+        if N % 2:
+            last = ((N - 1) * C + c) * S
+            total += _pairwise2(x, last, last, plan, m, square, values)[0]
+        return total
+    for n in range(N):
+        start = (n * C + c) * S
+        head = 0
+        if head0 >= 0:
+            address = head0 + start * 4
+            head = S if address % 4 else min(((16 - address % 16) % 16) // 4, S)
+        total += _eigen(x, start, S, head, m, square)
+    return total
+
+
+@_parallel
+def _channel_moments(x, N, C, S, deviation, tree, head0, plan, wide, mean, moment, nchunks):
+    """Threads take whole channels: the mean, then the mean of the squares about it (``deviation``, else
+    about 0), the second pass from cache. Divisions as NumPy (``wide``: in float64, rounded once) or
+    Eigen (in float32) divide; the squares' Eigen sums have no head."""
+    count = np.float32(N * S)
+    for t in prange(nchunks):
+        values = np.empty((STACK, 2), np.float32)
+        for c in range(t, C, nchunks):
+            total = _channel_sum(x, N, C, S, c, np.float32(0), False, tree, head0, plan, values)
+            mean[c] = np.float64(total) / np.float64(N * S) if wide else total / count
+            m = mean[c] if deviation else np.float32(0)
+            total = _channel_sum(x, N, C, S, c, m, True, tree, -1, plan, values)
+            moment[c] = np.float64(total) / np.float64(N * S) if wide else total / count
+
+
+@_parallel
+def _channels_last_eigen(x, N, S, C, deviation, mean, moment, nchunks):
+    """onnxruntime's moments of channels-last memory x (N, S, C), S % 4 == 0, as it sums the C-contiguous
+    NCHW copy at a 16-byte boundary: every column (n, c) then starts aligned (no head, no tail), so the
+    value at spatial index i goes to lane i % 8 (the extra packet, S % 8 == 4, to lanes 0-3 after p0 +
+    p1) for all channels alike. Threads take channel ranges and stream the rows, lanes as 8 x width
+    accumulators vectorized across channels."""
+    count = np.float32(N * S)
+    size2 = S - S % 8
+    for t in prange(nchunks):
+        c0, c1 = t * C // nchunks, (t + 1) * C // nchunks
+        width = c1 - c0
+        lanes = np.empty((8, width), np.float32)
+        totals = np.zeros(width, np.float32)
+        about = np.zeros(width, np.float32)
+        for square in (False, True):
+            if square:
+                totals[:] = 0
+                if deviation:
+                    about[:] = mean[c0:c1]
+            for n in range(N):
+                for i in range(min(S, 8) if size2 else 4):
+                    row = x[(n * S + i) * C + c0 : (n * S + i) * C + c1]
+                    for j in range(width):
+                        lanes[i, j] = _term(row[j], about[j], square)
+                for i in range(8, size2):
+                    row = x[(n * S + i) * C + c0 : (n * S + i) * C + c1]
+                    acc = lanes[i % 8]
+                    for j in range(width):
+                        acc[j] += _term(row[j], about[j], square)
+                if size2:
+                    for k in range(4):
+                        lanes[k] += lanes[k + 4]
+                    if S > size2:
+                        for k in range(4):
+                            row = x[(n * S + size2 + k) * C + c0 : (n * S + size2 + k) * C + c1]
+                            acc = lanes[k]
+                            for j in range(width):
+                                acc[j] += _term(row[j], about[j], square)
+                for j in range(width):
+                    totals[j] += (lanes[0, j] + lanes[2, j]) + (lanes[1, j] + lanes[3, j])
+            for j in range(width):
+                if square:
+                    moment[c0 + j] = totals[j] / count
+                else:
+                    mean[c0 + j] = totals[j] / count
+
+
+@_parallel
+def _column_sums(x, N, C, means, square, nchunks):
+    """Per channel of an (N, C) array, the terms summed over n in a row from 0 (threads take channels)."""
+    out = np.empty(C, np.float32)
+    for t in prange(nchunks):
+        c0 = t * C // nchunks
+        c1 = (t + 1) * C // nchunks
+        acc = np.zeros(c1 - c0, np.float32)
+        m = means[c0:c1]
+        for n in range(N):
+            row = x[n * C + c0 : n * C + c1]
+            if square:
+                for j in range(c1 - c0):
+                    d = row[j] - m[j]
+                    acc[j] += d * d
+            else:
+                for j in range(c1 - c0):
+                    acc[j] += row[j]
+        out[c0:c1] = acc
+    return out
+
+
+@_parallel
+def _pairwise_split(x, m, square, starts, plans, plan_starts, nchunks):
+    """One pairwise sum over all of x from its 2^k subtrees at depth k (``starts``; each with its own
+    plan, ``plans[plan_starts[j]:plan_starts[j + 1]]``), summed in parallel (sibling subtrees of one
+    length together) and combined level by level, as the recursion combines them."""
+    pieces = starts.size
+    parts = np.empty(pieces, np.float32)
+    for t in prange(nchunks):
+        values = np.empty((STACK, 2), np.float32)
+        for q in range(t, (pieces + 1) // 2, nchunks):
+            j = 2 * q
+            plan = plans[plan_starts[j] : plan_starts[j + 1]]
+            if j + 1 < pieces and plan_starts[j + 2] - plan_starts[j + 1] == plan.shape[0]:
+                if (plans[plan_starts[j + 1] : plan_starts[j + 2]] == plan).all():
+                    parts[j], parts[j + 1] = _pairwise2(x, starts[j], starts[j + 1], plan, m, square, values)
+                    continue
+            parts[j] = _pairwise2(x, starts[j], starts[j], plan, m, square, values)[0]
+            if j + 1 < pieces:
+                other = plans[plan_starts[j + 1] : plan_starts[j + 2]]
+                parts[j + 1] = _pairwise2(x, starts[j + 1], starts[j + 1], other, m, square, values)[0]
+    width = pieces
+    while width > 1:
+        width //= 2
+        for j in range(width):
+            parts[j] = parts[2 * j] + parts[2 * j + 1]
+    return parts[0]
+
+
+@_serial
+def pairwise_plan(n):
+    """NumPy's pairwise recursion over n values, post-order, as rows (offset, length) of leaves (runs of
+    at most 128 values) and (0, -1) joins (add the last two partial sums): runs over 128 split at n/2
+    rounded down to a multiple of 8, left half first."""
+    plan = np.empty((2 * (n // 32) + 4, 2), np.int64)  # leaves hold at least 57 values (n > 128)
+    stack = np.empty((STACK, 3), np.int64)  # (offset, length, children pushed)
+    stack[0, 0], stack[0, 1], stack[0, 2] = 0, n, 0
+    top, ops = 0, 0
+    while top >= 0:
+        offset, length, pushed = stack[top, 0], stack[top, 1], stack[top, 2]
+        half = length // 2 - (length // 2) % 8
+        if length <= 128 or pushed == 2:
+            plan[ops, 0], plan[ops, 1] = (offset, length) if length <= 128 else (0, -1)
+            ops += 1
+            top -= 1
+        else:
+            stack[top, 2] = pushed + 1
+            top += 1
+            stack[top, 0] = offset if pushed == 0 else offset + half
+            stack[top, 1] = half if pushed == 0 else length - half
+            stack[top, 2] = 0
+    return plan[:ops]
+
+
+def _chunks(work: int, values: int) -> int:
+    import numba
+
+    return 1 if values < PARALLEL_MIN else max(1, min(numba.get_num_threads(), work))
+
+
+def _subtrees(n: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes at ``depth`` of NumPy's pairwise recursion over n values."""
+    nodes = [(0, n)]
+    for _ in range(depth):
+        split = []
+        for start, length in nodes:
+            half = length // 2 - (length // 2) % 8
+            split += [(start, half), (start + half, length - half)]
+        nodes = split
+    return np.array([s for s, _ in nodes], np.int64), np.array([k for _, k in nodes], np.int64)
+
+
+def _divide(sums: np.ndarray, n: int, tree: str) -> np.ndarray:
+    """NumPy divides by an intp (in float64, rounded once); Eigen by float32(n), in float32."""
+    if tree == "numpy":
+        return (sums.astype(np.float64) / n).astype(np.float32)
+    return sums / np.float32(n)
+
+
+def channel_moments(
+    x3: np.ndarray, deviation: bool, tree: str, head0: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of the C-contiguous float32 (N, C, S) ``x3``: the mean, and the mean of the squares
+    about it (``deviation``) or of x^2, each a sum in the tree ``"numpy"`` (NumPy's add.reduce over axes
+    (0, 2) of x3) or ``"eigen"`` (onnxruntime's per-(n, c) Eigen sums; ``head0``: the data address mod
+    16, for the sums of x only) divided by the count as that library divides."""
+    N, C, S = x3.shape
+    x = x3.reshape(-1)
+    one_run = tree == "numpy" and C == 1  # NumPy's iterator coalesces the whole array into one run
+    if S > 1 and not one_run:  # threads take channels, each read once from memory
+        mean, moment = np.empty(C, np.float32), np.empty(C, np.float32)
+        tree_id, plan = (TREE_NUMPY, pairwise_plan(S)) if tree == "numpy" else (TREE_EIGEN, pairwise_plan(0))
+        args = (x, N, C, S, deviation, tree_id, head0, plan, tree == "numpy", mean, moment)
+        _launch(_channel_moments, *args, _chunks(C, x.size))
+        return mean, moment
+    mean = _divide(_pass(x, N, C, np.zeros(C, np.float32), False, one_run), N * S, tree)
+    about = mean if deviation else np.zeros(C, np.float32)
+    return mean, _divide(_pass(x, N, C, about, True, one_run), N * S, tree)
+
+
+def channels_last_eigen_moments(x3: np.ndarray, batch: int, deviation: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`channel_moments` of the Eigen tree for the NCHW copy of channels-last float32 memory: x3 is
+    (batch * S, C, 1), batch the input's first axis, S % 4 == 0; no copy is made."""
+    rows, C, _ = x3.shape
+    mean, moment = np.empty(C, np.float32), np.empty(C, np.float32)
+    args = (x3.reshape(-1), batch, rows // batch, C, deviation, mean, moment)
+    _launch(_channels_last_eigen, *args, _chunks(C, x3.size))
+    return mean, moment
+
+
+def _pass(x: np.ndarray, N: int, C: int, means: np.ndarray, square: bool, one_run: bool) -> np.ndarray:
+    """One pass over one run of values (NumPy, C == 1) or over (N, C) values (S == 1)."""
+    if not one_run:  # NumPy: an elementwise add along C per n; Eigen: one-value columns
+        return _launch(_column_sums, x, N, C, means, square, _chunks(C, x.size))
+    threads, depth = _chunks(1 << 30, x.size), 0
+    while threads > 1 and (1 << depth) < 2 * threads and x.size >= 512 << (depth + 1):
+        depth += 1  # two subtrees per thread, every node above them longer than 128
+    starts, lengths = _subtrees(x.size, depth)
+    plans = [pairwise_plan(int(length)) for length in lengths]
+    plan_starts = np.cumsum([0] + [len(plan) for plan in plans]).astype(np.int64)
+    args = (x, means[0], square, starts, np.concatenate(plans), plan_starts)
+    return np.array([_launch(_pairwise_split, *args, max(1, starts.size // 2))], np.float32)
