@@ -1,0 +1,170 @@
+"""TensorFlow's batch moments on CPU: ``tf.nn.moments`` through the Mean kernel and Eigen's Sum trees.
+
+Keras 3 on TensorFlow (keras/src/backend/tensorflow/nn.py ``moments``, float16/bfloat16 cast to float32
+first) and tf_keras' unfused path (tf_keras/src/layers/normalization/batch_normalization.py ->
+tensorflow/python/ops/nn_impl.py ``moments``) compute, in float32 (float64 for float64 inputs)::
+
+    mean = Mean(x)                          # Sum(x) / n, one division
+    var  = Mean(SquaredDifference(x, mean)) # (x - mean) * (x - mean) rounded per operation
+
+The Mean kernel (tensorflow/core/kernels/reduction_ops.h, ``ReduceEigenImpl<..., MeanReducer>``) is
+Eigen's ``in.reduce(axes, SumReducer) / n`` on the ThreadPoolDevice, no wider accumulator for float32
+or float64. tensorflow/core/kernels/reduction_ops_common.h (``ReductionHelper::Simplify``) first drops
+leading size-1 dimensions, merges size-1 dimensions into the run before them and adjacent reduced
+(or kept) dimensions into one, so that the canonical view (outer, C, inner) of a C-ordered tensor
+reduces as one of (Eigen: unsupported/Eigen/CXX11/src/Tensor/TensorReduction.h):
+
+- ``n == 1``: nothing is reduced; the mean is x itself (a copy), the variance (x - x)^2.
+- ``C == 1``: a full reduction (FullReducer): on the thread pool, ``threads`` shards of n // threads
+  values each summed by the tree below, the remainder's sum plus each shard's in order. ``threads``
+  comes from Eigen's cost model (TensorCostModel::numThreads, see :func:`full_reduction_threads`),
+  capped at the intra-op pool size: the one quantity here that depends on the machine.
+- ``outer == 1``: (C, inner) reduced along rows, InnerMostDimReducer's tree per channel: above
+  ``lanes * 1024`` values split at the first packet boundary (counted from the tensor's start) at or
+  after the middle, left + right; below it, four packet accumulators take packets 0, 1, 2, 3 of each
+  group of four, are summed ((p0 + p1) + p2) + p3, whole packets after the last group go to p0, the
+  last ``count % lanes`` values to a scalar s, and the sum is s + predux(p0) (predux: add the upper
+  half of the lanes to the lower half until one is left).
+- ``inner == 1``: (R, C) reduced over rows (channels last; 2-D inputs): channels in whole packets
+  (c < C - C % lanes) sum as InnerMostDimPreserver: with R >= 16, rows j to accumulator j % 4 for
+  j < R - R % 4, ((a0 + a1) + a2) + a3, then the remaining rows into it one by one; otherwise (and for
+  the last C % lanes channels) the rows one after another.
+- otherwise: (outer, C, inner) reduced over outer and inner (NCHW), GenericDimReducer: one scalar
+  accumulator per channel, ``for i in inner: for o in outer: s += x[o, c, i]``.
+
+``lanes`` is the packet width of the Eigen build: the tensorflow-cpu wheels compile Eigen for AVX
+(TensorFlow logs "To enable the following instructions: AVX2 AVX512F ... rebuild TensorFlow"), so 32
+bytes (8 float32, 4 float64) on any x86-64 CPU, this project's Zen 4 included. float16 and bfloat16
+inputs are summed as float32 (Keras 3 casts them, tf_keras' float32 policy autocasts them); float64
+inputs in float64. ``x3`` must hold the tensor in the logical C order TensorFlow sees (what
+:mod:`batchnorm._layout` gives for C-contiguous arrays).
+
+Measured against TF 2.21 (tf.nn.moments and both Keras layers), bit for bit in mean and variance:
+NCHW, NHWC, 2-D, rank 3 and 5, N = 1, C = 1 (pool sizes 1 to 4), H*W = 1, odd sizes up to
+32x64x56x56, offsets 0 and 1e4, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .._errors import BatchNormError
+
+__all__ = ["LEAF_SIZE", "VECTOR_BYTES", "full_reduction_threads", "moments"]
+
+#: Bytes per Eigen packet in TensorFlow's CPU wheels (AVX: 8 float32).
+VECTOR_BYTES = 32
+#: Values per packet above which Eigen's InnerMostDimReducer splits in two (Eigen's LeafSize).
+LEAF_SIZE = 1024
+VARIANCES = ("two_pass", "sum_of_squares", "sum_of_squares_clamped")
+
+
+def intra_op_threads() -> int:
+    """TensorFlow's default intra-op pool size: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def full_reduction_threads(n: int, itemsize: int, lanes: int, pool: int) -> int:
+    """Shards of Eigen's FullReducer over n values: TensorCostModel::numThreads with a cost per value of
+    a load (itemsize * 11 / 64 cycles) and the SumReducer's default functor cost 10 per packet."""
+    cost = n * (itemsize * 11 / 64 + 10 / lanes)
+    threads = (cost - 100000) / 100000 + 0.9
+    return max(1, min(pool, int(threads)))
+
+
+def moments(
+    x3: np.ndarray,
+    variance: str,
+    dtype: np.dtype,
+    *,
+    shape: tuple[int, ...] | None = None,
+    vector_bytes: int = VECTOR_BYTES,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of ``x3`` (outer, C, inner) as TensorFlow sums them (the
+    tree follows x3 alone; ``shape`` is not needed).
+
+    ``variance``: "two_pass" is tf.nn.moments; "sum_of_squares" (Keras 3's synchronized moments)
+    is Mean(Square(x)) - Square(mean), "sum_of_squares_clamped" that at least 0. ``vector_bytes``: the
+    Eigen build's packet size in bytes. ``threads``: the intra-op pool size (default:
+    :func:`intra_op_threads`), which only a single channel's sum uses.
+    """
+    if variance not in VARIANCES:
+        raise BatchNormError(
+            f"the eigen reduction computes variance {', '.join(VARIANCES)}; got {variance!r}. "
+            "Use one of those with reduction='eigen'"
+        )
+    dtype = np.dtype(dtype)
+    work = np.dtype(np.float64 if x3.dtype == np.float64 else np.float32)
+    x = np.ascontiguousarray(x3, dtype=work)
+    count = work.type(x.shape[0] * x.shape[2])
+    two_pass = variance == "two_pass"
+    options = (vector_bytes // work.itemsize, intra_op_threads() if threads is None else threads)
+    with np.errstate(all="ignore"):
+        if count == 1:  # nothing to reduce: TensorFlow copies
+            mean = x.reshape(-1).copy()
+            var = (x.reshape(-1) - mean) ** 2
+        else:
+            mean, var = _means(x, count, two_pass, *options)
+        if not two_pass:  # Square is its own op: its output tensor is what Mean sums
+            squares = x * x
+            mean_of_squares = (
+                squares.reshape(-1) if count == 1 else _means(squares, count, False, *options)[0]
+            )
+            var = mean_of_squares - mean * mean
+        if variance == "sum_of_squares_clamped":
+            var = np.maximum(var, work.type(0))
+    return mean.astype(dtype), var.astype(dtype)
+
+
+def _means(x: np.ndarray, count, two_pass: bool, lanes: int, pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of x (outer, C, inner): the mean sum / count and, when ``two_pass``, the variance
+    sum((x - mean)^2) / count, through the Eigen reduction TensorFlow's shape simplification picks."""
+    from . import _eigen_kernels as k
+
+    outer, C, inner = x.shape
+    if C == 1:
+        n = outer * inner
+        flat = x.reshape(n)
+        shards = full_reduction_threads(n, x.itemsize, lanes, pool)
+        mean = np.array([k.full_sum(flat, n, lanes, LEAF_SIZE, shards, count, k.IDENTITY) / count])
+        second = np.zeros_like(mean)
+        if two_pass:
+            second[0] = k.full_sum(flat, n, lanes, LEAF_SIZE, shards, mean[0], k.SQUARED_DIFFERENCE)
+    elif outer == 1:
+        _, mean, second = k.inner_moments(x.reshape(C, inner), lanes, LEAF_SIZE, count, two_pass)
+    elif inner == 1:
+        bounds, packets = _row_tasks(C, lanes)
+        _, mean, second = k.rows_moments(x.reshape(outer, C), bounds, packets, count, two_pass)
+    else:
+        _, mean, second = k.planes_moments(x, _plane_tasks(C), count, two_pass)
+    return mean, second / count
+
+
+def _workers() -> int:
+    import numba
+
+    return max(1, numba.get_num_threads())
+
+
+def _row_tasks(C: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Channel ranges for the rows kernel: the whole packets split in about one range per thread (each
+    a multiple of ``lanes``), then the last C % lanes channels."""
+    whole = C // lanes
+    tasks = max(1, min(_workers(), whole))
+    cuts = [lanes * (whole * t // tasks) for t in range(tasks + 1)] if whole else [0]
+    packets = [True] * (len(cuts) - 1)
+    if C % lanes:
+        cuts.append(C)
+        packets.append(False)
+    return np.array(cuts, np.int64), np.array(packets, np.bool_)
+
+
+def _plane_tasks(C: int) -> np.ndarray:
+    """Channel ranges for the planes kernel: groups of eight, as evenly as possible over the threads."""
+    groups = -(-C // 8)
+    tasks = max(1, min(_workers(), groups))
+    cuts = [min(C, 8 * (groups * t // tasks)) for t in range(tasks + 1)]
+    return np.array(cuts, np.int64)
