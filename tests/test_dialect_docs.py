@@ -39,13 +39,22 @@ def test_the_generated_part_is_the_records_rendered():
 def test_every_dialect_has_a_row_in_every_table():
     generated = table.render()
     for name in bn.dialects.names():
-        assert generated.count(f"| `{name}` |") == 3, name
+        assert generated.count(f"| `{name}` |") == 4, name
 
 
 def test_a_changed_record_changes_the_table():
     variant = bn.dialects.get("torch").derive("torch-x", momentum=0.2, running_variance="biased")
     row = next(line for line in table.render([variant]).splitlines() if line.startswith("| `torch-x`"))
     assert "| 0.2, weighs the new batch |" in row and "| biased, /n |" in row
+
+
+def test_the_training_table_names_each_reduction_tree():
+    rows = {
+        line.split("|")[1].strip(" `"): line for line in table.render().splitlines() if "| two-pass |" in line
+    }
+    assert "float64 accumulators" in rows["exact"]
+    assert "oneDNN" in rows["tf-keras"] and "Eigen" in rows["tf-keras"]
+    assert "| 1/sqrt(v + eps) in float64, eps as given, rounded once |" in rows["torch"]
 
 
 def test_fused_paths_are_shown_beside_the_unfused_ones():

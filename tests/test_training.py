@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import batchnorm as bn
@@ -35,6 +35,8 @@ def test_exact_batch_statistics_and_output(case):
 @given(inference_case(), st.sampled_from(bn.dialects.names()))
 def test_inference_with_the_batch_statistics_equals_the_training_output(case, dialect):
     x, _, _, gamma, beta, _, spec, axes = case
+    # PyTorch trains with save_invstd formed in float64, infers with 1/sqrtf
+    assume(bn.dialects.get(dialect).training_inverse_root == "inference")
     batch_axis = next(a for a in range(x.ndim) if a not in axes)
     x = np.concatenate([x, x + 1], axis=batch_axis)  # two values per channel at least, variance > 0
     r = bn.normalize_batch(x, gamma, beta, axis=spec, eps=1e-3, dialect=dialect)

@@ -94,11 +94,15 @@ def coefficients(
     beta: np.ndarray | None,
     eps: float,
     dtype: np.dtype,
+    *,
+    inverse_root: np.ndarray | None = None,
 ) -> Coefficients:
     """The coefficients of ``dialect``'s inference map for flat per-channel statistics and parameters.
 
     The channels must come in the C order of the channel shape: TensorFlow's rsqrt depends on each
-    value's position in the vector it is given.
+    value's position in the vector it is given. ``inverse_root``: 1 / sqrt(var + eps) as the caller has
+    already formed it (a training step's saved value, see ``functional._saved_inverse_root``), used in
+    place of the dialect's own reciprocal root.
     """
     m = mean.astype(dtype)
     g = np.ones_like(m) if gamma is None else gamma.astype(dtype)
@@ -109,7 +113,7 @@ def coefficients(
         if dialect.scale_form == "quotient":
             s = g / root
         else:
-            s = reciprocal_root(dialect, shifted) * g
+            s = _inverse(dialect, shifted, inverse_root) * g
         form = dialect.elementwise
         if form == "affine":
             return Coefficients(form, m, s, root, b - m * s)
@@ -118,5 +122,10 @@ def coefficients(
         if form == "ratio":
             return Coefficients(form, m, g, root, b)
         if form == "normalized_fma":
-            return Coefficients(form, m, reciprocal_root(dialect, shifted), root, b, gain=g)
+            return Coefficients(form, m, _inverse(dialect, shifted, inverse_root), root, b, gain=g)
         return Coefficients(form, m, s, root, b)
+
+
+def _inverse(dialect: Dialect, shifted: np.ndarray, given: np.ndarray | None) -> np.ndarray:
+    """rsqrt(var + eps): the value the caller formed, else the dialect's own (:func:`reciprocal_root`)."""
+    return reciprocal_root(dialect, shifted) if given is None else given.astype(shifted.dtype)

@@ -17,8 +17,17 @@ Rsqrt = Literal["correct", "tensorflow", "xla"]
 Variance = Literal["two_pass", "sum_of_squares", "sum_of_squares_clamped"]
 Precision = Literal["float64", "native"]
 Estimator = Literal["biased", "unbiased"]
+InverseRoot = Literal["inference", "float64"]
 Reduction = Literal[
-    "float64", "numpy", "torch-batchnorm", "torch-reduce", "onnxruntime", "eigen", "onednn", "xla"
+    "float64",
+    "numpy",
+    "torch-batchnorm",
+    "torch-reduce",
+    "onnxruntime",
+    "eigen",
+    "eigen-fused",
+    "onednn",
+    "xla",
 ]
 
 #: tf.nn.fused_batch_norm's ``min_epsilon`` in TF <= 2.11 (cuDNN's old CUDNN_BN_MIN_EPSILON).
@@ -72,6 +81,12 @@ class Dialect:
     kernels' own order, which no float32 tree can tell apart); every other value names a framework's
     float32 reduction tree, emulated operation by operation in :mod:`batchnorm._reductions`, because at
     a large mean (x = 1e4 + randn) the float32 statistics are the rounding of that tree.
+    ``reduction_threads`` is the thread count such a tree depends on (PyTorch's channels-last kernel
+    splits the rows among at::get_num_threads() threads); None means the framework's default on this
+    machine, as a user who sets nothing gets it (PyTorch: the physical cores).
+    ``training_inverse_root`` says how a training step forms 1 / sqrt(var + eps) from the batch variance:
+    ``"inference"`` as inference does; ``"float64"`` in float64 with eps as given (not stored as float32),
+    rounded once to the compute dtype (PyTorch's save_invstd), also used by the backward pass.
 
     The running statistics update as ``r <- momentum * r + (1 - momentum) * batch`` when momentum weighs
     the **old** value (Keras, ONNX, Flax) and ``r <- (1 - momentum) * r + momentum * batch`` when it
@@ -89,6 +104,8 @@ class Dialect:
     variance: Variance = "two_pass"
     statistics_precision: Precision = "native"
     reduction: Reduction = "float64"
+    reduction_threads: int | None = None
+    training_inverse_root: InverseRoot = "inference"
     precision: Precision = "native"
     scale_form: ScaleForm = "reciprocal"
     elementwise: Elementwise = "affine"

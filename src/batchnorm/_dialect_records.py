@@ -27,20 +27,22 @@ def _tf_keras_paths(*extra: tuple[str, object]) -> tuple[Path, ...]:
       NCHW form (C = 3 to 32 measured).
     - rank 5: (x - m) * (rsqrt(v + e) * g) + b with TensorFlow's packet rsqrt.
 
-    All of them store the Bessel-corrected (unbiased) variance.
+    All of them store the Bessel-corrected (unbiased) variance. Batch statistics: rank 4 sums as oneDNN's
+    batch_normalization_forward (reduction "onednn"), rank 5 as TF's own Eigen kernel ("eigen-fused").
     """
     fused = (("running_variance", "unbiased"), *extra)
-    quotient = (*fused, ("elementwise", "centered"), ("scale_form", "quotient"))
+    onednn = (*fused, ("reduction", "onednn"))
+    quotient = (*onednn, ("elementwise", "centered"), ("scale_form", "quotient"))
     return (
         Path("fused", ((4, 1),), quotient),
         Path(
             "fused",
             ((4, 3),),
-            (*fused, ("elementwise", "normalized_fma"), ("rsqrt", "correct")),
+            (*onednn, ("elementwise", "normalized_fma"), ("rsqrt", "correct")),
             channel_multiple=4,
         ),
         Path("fused", ((4, 3),), quotient),
-        Path("fused", ((5, 1), (5, 4)), (*fused, ("elementwise", "centered"))),
+        Path("fused", ((5, 1), (5, 4)), (*fused, ("reduction", "eigen-fused"), ("elementwise", "centered"))),
     )
 
 
@@ -69,11 +71,14 @@ TORCH = Dialect(
     axis=1,
     running_variance="unbiased",
     statistics_precision="float64",
+    reduction="torch-batchnorm",
+    training_inverse_root="float64",
     elementwise="fma",
     refuses_nonpositive_eps_in_training=True,
     refuses_single_value_in_training=True,
     parameter_names=("weight", "bias", "running_mean", "running_var"),
-    source="pytorch/pytorch aten/src/ATen/native/cpu/batch_norm_kernel.cpp; torch/nn/functional.py",
+    source="pytorch/pytorch aten/src/ATen/native/cpu/batch_norm_kernel.cpp; "
+    "aten/src/ATen/native/Normalization.cpp (training: save_invstd in double); torch/nn/functional.py",
 )
 
 ONNX = Dialect(
@@ -85,6 +90,7 @@ ONNX = Dialect(
     axis=1,
     running_variance="biased",
     elementwise="ratio",
+    reduction="numpy",
     parameter_names=("scale", "B", "input_mean", "input_var"),
     source="onnx/onnx onnx/defs/nn/defs.cc; onnx/reference/ops/op_batch_normalization.py",
 )
@@ -93,6 +99,7 @@ ONNXRUNTIME = ONNX.derive(
     "onnxruntime",
     framework="onnxruntime 1.32 (CPU)",
     elementwise="affine",
+    reduction="onnxruntime",
     source="microsoft/onnxruntime onnxruntime/core/providers/cpu/nn/batch_norm.h",
 )
 
@@ -101,13 +108,15 @@ KERAS3_TENSORFLOW = Dialect(
     framework="Keras 3 on TensorFlow",
     **_KERAS,  # type: ignore[arg-type]
     rsqrt="tensorflow",
-    source="keras-team/keras keras/src/backend/tensorflow/nn.py (tf.nn.batch_normalization)",
+    reduction="eigen",
+    source="keras-team/keras keras/src/backend/tensorflow/nn.py (tf.nn.moments, tf.nn.batch_normalization)",
 )
 
 KERAS3_JAX = KERAS3_TENSORFLOW.derive(
     "keras3-jax",
     framework="Keras 3 on JAX (XLA, CPU)",
     rsqrt="xla",
+    reduction="xla",
     source="keras-team/keras keras/src/backend/jax/nn.py (jax.lax.rsqrt)",
 )
 
@@ -116,8 +125,10 @@ KERAS3_TORCH = KERAS3_TENSORFLOW.derive(
     framework="Keras 3 on PyTorch",
     rsqrt="correct",
     variance="sum_of_squares",
+    reduction="torch-reduce",
     elementwise="centered",
-    source="keras-team/keras keras/src/backend/torch/nn.py (moments: E[x^2] - E[x]^2)",
+    source="keras-team/keras keras/src/backend/torch/nn.py (moments: E[x^2] - E[x]^2 through torch.mean); "
+    "pytorch/pytorch aten/src/ATen/native/cpu/SumKernel.cpp (cascade sum)",
 )
 
 TF_KERAS = Dialect(
@@ -125,6 +136,7 @@ TF_KERAS = Dialect(
     framework="tf_keras / tf.keras >= 2.12 (fused path for rank 4/5, oneDNN on)",
     **_KERAS,  # type: ignore[arg-type]
     rsqrt="tensorflow",
+    reduction="eigen",
     paths=_tf_keras_paths(),
     path="unfused",
     source="keras-team/tf-keras tf_keras/layers/normalization/batch_normalization.py; "
@@ -157,6 +169,7 @@ FLAX = Dialect(
     variance="sum_of_squares_clamped",
     elementwise="centered",
     rsqrt="xla",
+    reduction="xla",
     promote_output=True,
     parameter_names=("scale", "bias", "mean", "var"),
     source="google/flax flax/linen/normalization.py (_compute_stats, _normalize)",

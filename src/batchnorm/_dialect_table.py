@@ -44,6 +44,23 @@ _RSQRT = {
     "xla": "XLA's CPU rsqrt",
 }
 
+_REDUCTION = {
+    "float64": "float64 accumulators, rounded once",
+    "numpy": "NumPy's float32 sums (ONNX's reference evaluator)",
+    "torch-batchnorm": "PyTorch's batch-norm kernel: float64 per channel (NCHW), float32 per-thread partial "
+    "sums (channels-last, 2-D)",
+    "torch-reduce": "torch.mean's float32 cascade sum",
+    "onnxruntime": "onnxruntime's float32 loops",
+    "eigen": "TensorFlow's float32 Eigen reductions (8-lane packets)",
+    "eigen-fused": "TensorFlow's fused kernel without oneDNN: float32, 8-lane packets, mean = sum * (1/n)",
+    "onednn": "oneDNN's float32 batch-norm kernels (per layout and channel count)",
+    "xla": "XLA CPU and YNNPACK float32 trees, mean = sum * (1/n)",
+}
+_INVERSE_ROOT = {
+    "inference": "as inference forms it",
+    "float64": "1/sqrt(v + eps) in float64, eps as given, rounded once",
+}
+
 Cell = Callable[[Dialect], str]
 
 
@@ -56,8 +73,13 @@ def _estimator(d: Dialect) -> str:
 
 
 def _batch_variance(d: Dialect) -> str:
-    wide = ", summed in float64" if "float64" in (d.statistics_precision, d.precision) else ""
-    return _VARIANCE[d.variance] + wide
+    return _VARIANCE[d.variance]
+
+
+def _threads(d: Dialect) -> str:
+    if d.reduction == "float64":
+        return "-"
+    return "the framework's default" if d.reduction_threads is None else str(d.reduction_threads)
 
 
 def _eps_policy(d: Dialect) -> str:
@@ -104,7 +126,6 @@ CONVENTIONS: tuple[tuple[str, Cell], ...] = (
     ("momentum", lambda d: f"{_num(d.momentum)}, weighs the {_SIDE[d.momentum_side]}"),
     ("axis", lambda d: str(d.axis)),
     ("running variance", _estimator),
-    ("batch variance", _batch_variance),
     ("eps policy", _eps_policy),
     ("refuses in training", _refuses),
     ("parameters", lambda d: ", ".join(d.parameter_names)),
@@ -115,6 +136,12 @@ ARITHMETIC: tuple[tuple[str, Cell], ...] = (
     ("rsqrt", _root),
     ("computed in", _precision),
     ("output dtype", _output),
+)
+TRAINING: tuple[tuple[str, Cell], ...] = (
+    ("batch variance", _batch_variance),
+    ("summed by", lambda d: _REDUCTION.get(d.reduction, d.reduction)),
+    ("threads of the tree", _threads),
+    ("scale in training", lambda d: _INVERSE_ROOT[d.training_inverse_root]),
 )
 SOURCES: tuple[tuple[str, Cell], ...] = (("framework", lambda d: d.framework), ("source", lambda d: d.source))
 
@@ -199,6 +226,15 @@ def render(dialects: Sequence[Dialect] | None = None) -> str:
         "of the column *computed in*.",
         "",
         *_table(ds, ARITHMETIC),
+        "",
+        "## Training statistics",
+        "",
+        "How each framework sums the batch mean and variance: in float32 the result is the rounding of "
+        "its own reduction tree, emulated operation by operation (`batchnorm/_reductions`). Where the "
+        "tree splits work among threads, the dialect follows the framework's default thread count on "
+        "this machine; `derive(reduction_threads=...)` sets another.",
+        "",
+        *_table(ds, TRAINING),
         "",
         "## Frameworks and sources",
         "",

@@ -33,6 +33,12 @@ class Layout:
         return tuple(self.shape[a] for a in self.axes)
 
     @property
+    def memory_shape(self) -> tuple[int, ...]:
+        """The input's shape in its memory order (largest stride first): the dimensions a framework's
+        reduction sees, (N, C, H, W) for NCHW and (N, H, W, C) for channels-last memory."""
+        return tuple(self.shape[p] for p in self.perm)
+
+    @property
     def count(self) -> int:
         """Values per channel: the n of the batch statistics."""
         return self.outer * self.inner

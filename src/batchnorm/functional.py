@@ -61,6 +61,7 @@ class _Prepared:
     layout: Layout
     dialect: Dialect
     eps: float
+    given_eps: float  # as passed (or the dialect's default), before the dialect stores it as float32
 
 
 def _prepare(x: Any, axis: Axis | None, eps: float | None, dialect: str | Dialect) -> _Prepared:
@@ -68,8 +69,8 @@ def _prepare(x: Any, axis: Axis | None, eps: float | None, dialect: str | Dialec
     x = _validate.input_array(x)
     axes = _validate.channel_axes(d.axis if axis is None else axis, x.ndim)
     d = d.for_input(x.ndim, axes, channels=math.prod(x.shape[a] for a in axes))
-    eps_value = d.effective_eps(_validate.epsilon(d.eps if eps is None else eps))
-    return _Prepared(x, plan(x, axes), d, eps_value)
+    given = _validate.epsilon(d.eps if eps is None else eps)
+    return _Prepared(x, plan(x, axes), d, d.effective_eps(given), given)
 
 
 def _output(p: _Prepared, dtype: np.dtype, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +121,7 @@ def _transform(
     beta: np.ndarray | None,
     out: np.ndarray | None,
     raw: tuple[Any, ...] = (),
+    inverse_root: np.ndarray | None = None,
 ) -> np.ndarray:
     layout = p.layout
     co = coefficients(
@@ -130,6 +132,7 @@ def _transform(
         None if beta is None else beta.reshape(-1),
         p.eps,
         compute_dtype(p.dialect, p.x.dtype),
+        inverse_root=None if inverse_root is None else inverse_root.reshape(-1),
     )
     if not layout.channels_in_order:
         co = co.reordered(layout.flat_channels)
@@ -204,15 +207,34 @@ def normalize_batch(
     _check_training(p, n)
     stats_dtype = _statistics_dtype(p)
     x3 = p.layout.input3(p.x)
-    if p.dialect.reduction == "float64":
-        mean3, var3 = _kernels.moments(x3, p.dialect.variance, stats_dtype)
+    d = p.dialect
+    if d.reduction == "float64":
+        mean3, var3 = _kernels.moments(x3, d.variance, stats_dtype)
     else:
-        mean3, var3 = _reductions.moments(p.dialect.reduction, x3, p.dialect.variance, stats_dtype)
+        mean3, var3 = _reductions.moments(
+            d.reduction, x3, d.variance, stats_dtype, shape=p.layout.memory_shape, threads=d.reduction_threads
+        )
     mean = p.layout.unflat_channels(mean3)
     var = p.layout.unflat_channels(var3)
     _validate.nonzero_denominator(var, p.eps, where="batch variance")
-    y = _transform(p, mean, var, g, b, None, raw=(gamma, beta, mean, var))
+    root = _saved_inverse_root(p, var)
+    y = _transform(p, mean, var, g, b, None, raw=(gamma, beta, mean, var), inverse_root=root)
     return BatchResult(y=y, mean=mean, var=var, count=n, dialect=p.dialect)
+
+
+def _saved_inverse_root(p: _Prepared, var: np.ndarray) -> np.ndarray | None:
+    """The 1 / sqrt(var + eps) a training step normalizes with, where the dialect forms it apart from
+    inference (``training_inverse_root="float64"``): in float64 from the batch variance, eps as given
+    (not stored as float32), rounded once to the compute dtype. PyTorch's save_invstd:
+    InvStd<acc_type>(var, eps) in aten/src/ATen/native/Normalization.cpp, whose ``var + epsilon``
+    (epsilon a double) is a double for every input dtype. None: inference's scale."""
+    d = p.dialect
+    if d.training_inverse_root == "inference":
+        return None
+    eps = p.given_eps if p.given_eps > d.eps_floor else d.eps_floor
+    with np.errstate(divide="ignore"):
+        inverse = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    return inverse.astype(compute_dtype(d, p.x.dtype))
 
 
 def _statistics_dtype(p: _Prepared) -> np.dtype:
@@ -337,7 +359,11 @@ def backward(
     _validate.nonzero_denominator(v, p.eps)
     mean_f = layout.flat_channels(m)
     g_f = np.ones(layout.channels) if g is None else layout.flat_channels(g)
-    inv = 1.0 / np.sqrt(layout.flat_channels(v).astype(np.float64) + p.eps)
+    saved = _saved_inverse_root(p, layout.flat_channels(v)) if training else None
+    if saved is None:
+        inv = 1.0 / np.sqrt(layout.flat_channels(v).astype(np.float64) + p.eps)
+    else:  # the training step's own rounded 1 / sqrt(var + eps) (PyTorch's save_invstd)
+        inv = saved.astype(np.float64)
     x3, dy3 = layout.input3(p.x), layout.input3(dy_arr)
     dbeta, dy_xmu = _kernels.grad_sums(dy3, x3, mean_f)
     dgamma = dy_xmu * inv

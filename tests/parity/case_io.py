@@ -101,6 +101,10 @@ SCALAR_FIELDS = (
 )
 ARRAY_FIELDS = ("x", "x_steps", "gamma", "beta", "moving_mean", "moving_var", "dy")
 
+#: PyTorch's intra-op threads in the runners (torch.set_num_threads): its channels-last reduction trees
+#: split the rows among them, so our torch dialects are derived with the same reduction_threads.
+TORCH_THREADS = 2
+
 
 def _bf16():
     import ml_dtypes

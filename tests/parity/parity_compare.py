@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import case_io
 import ml_dtypes
 import numpy as np
 
@@ -31,8 +32,18 @@ class Ours:
     count: int = 0
 
 
+def as_runners_run(dialect: str | bn.Dialect) -> bn.Dialect:
+    """``dialect`` with the thread count the runners give its framework: PyTorch's is pinned
+    (case_io.TORCH_THREADS); the other frameworks take their default, as the dialects do."""
+    d = bn.dialects.get(dialect)
+    if d.reduction.startswith("torch"):
+        return d.derive(d.name, reduction_threads=case_io.TORCH_THREADS)
+    return d
+
+
 def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
     """Run ``case`` through batchnorm with ``dialect``; errors propagate, warnings are recorded."""
+    dialect = as_runners_run(dialect)
     out = Ours()
     gamma = case["gamma"] if case["scale"] else None
     beta = case["beta"] if case["center"] else None
@@ -40,11 +51,11 @@ def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if case["kind"] == "inference":
-            x, mean, var = case["x"], case["moving_mean"], case["moving_var"]
+            x, mean, var = _as_run(case, case["x"]), case["moving_mean"], case["moving_var"]
             out.values["y"] = bn.normalize(x, mean, var, gamma, beta, axis=axis, eps=eps, dialect=dialect)
             training = False
         else:
-            xs = list(case["x_steps"])
+            xs = [_as_run(case, x) for x in case["x_steps"]]
             rm, rv = case["moving_mean"], case["moving_var"]
             means, variances = [], []
             first = None
@@ -67,7 +78,7 @@ def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
             training = True
         if case.get("dy") is not None:
             dx, dgamma, dbeta = bn.backward(
-                case["dy"],
+                _as_run(case, case["dy"]),
                 x,
                 gamma,
                 mean=mean,
@@ -82,6 +93,15 @@ def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
     if out.dialect is None:
         out.dialect = bn.dialects.get(dialect).for_input(np.ndim(case["x"]), _axes(case))
     return out
+
+
+def _as_run(case: dict, a: np.ndarray) -> np.ndarray:
+    """``a`` in the memory layout the runner gives the framework: a channels-last view for the
+    ``memory_format`` cases (the values are NCHW), whose strides batchnorm's layout follows as the
+    framework's kernels do (PyTorch's channels-last statistics sum in another order)."""
+    if not case.get("memory_format"):
+        return a
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1)
 
 
 def _axes(case: dict) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ elif BACKEND == "jax":
 elif BACKEND == "torch":
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(case_io.TORCH_THREADS)
 
 
 def to_backend(a: np.ndarray):

@@ -8,7 +8,7 @@ import case_io
 import numpy as np
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(case_io.TORCH_THREADS)
 
 _MODULES = {
     2: torch.nn.BatchNorm1d,

@@ -5,9 +5,10 @@ randn the float32 mean is only good to about ulp(1e4), and which float32 value c
 the tree. Each module here emulates one framework's tree operation by operation, so that its
 statistics match to the bit; :attr:`batchnorm.Dialect.reduction` names the module.
 
-Every module exposes ``moments(x3, variance, dtype) -> (mean, var)``: per-channel mean and biased
-variance (divided by n) of the canonical (outer, C, inner) array ``x3`` (see :mod:`batchnorm._layout`),
-``variance`` as in :attr:`batchnorm.Dialect.variance`, results in ``dtype``.
+Every module exposes ``moments(x3, variance, dtype, *, shape) -> (mean, var)``: per-channel mean and
+biased variance (divided by n) of the canonical (outer, C, inner) array ``x3`` (see
+:mod:`batchnorm._layout`), ``variance`` as in :attr:`batchnorm.Dialect.variance`, results in ``dtype``;
+``shape`` is the input's shape in memory order, for the trees that split its dimensions.
 """
 
 from __future__ import annotations
@@ -19,8 +20,24 @@ import numpy as np
 __all__ = ["moments"]
 
 
-def moments(reduction: str, x3: np.ndarray, variance: str, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and biased variance of ``x3`` as the framework named by ``reduction`` sums them."""
+def moments(
+    reduction: str,
+    x3: np.ndarray,
+    variance: str,
+    dtype: np.dtype,
+    *,
+    shape: tuple[int, ...],
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of ``x3`` as the framework named by ``reduction`` sums them.
+
+    ``shape`` is the input's shape in memory order (:attr:`batchnorm._layout.Layout.memory_shape`): some
+    trees split the input's own dimensions, not the (outer, C, inner) view. ``threads``
+    (:attr:`batchnorm.Dialect.reduction_threads`) goes to the modules whose tree depends on it when it
+    is set (None: each module's framework default on this machine)."""
     module = importlib.import_module(f".{reduction.replace('-', '_')}", __name__)
-    result: tuple[np.ndarray, np.ndarray] = module.moments(x3, variance, np.dtype(dtype))
+    options = {} if threads is None else {"threads": threads}
+    result: tuple[np.ndarray, np.ndarray] = module.moments(
+        x3, variance, np.dtype(dtype), shape=shape, **options
+    )
     return result
