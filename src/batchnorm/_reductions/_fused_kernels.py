@@ -1,11 +1,13 @@
 """Compiled (numba) kernels of :mod:`.onednn` and :mod:`.eigen_fused`: sequential float sums, per channel.
 
-Imported lazily by those modules. Every sum runs in the array's dtype (float32, or float64 for float64
-inputs) and adds its terms one by one in the order the caller's ranges give: nothing is reassociated (no
-``fastmath``). Speed comes from independent chains: NCHW sums eight channels side by side in scalar
-registers (their chains interleave), channels-last rows add into a per-chunk row of accumulators
-(vectorized across channels). The kernels are serial and release the GIL: the callers run their parts
-(channel groups, oneDNN's per-thread chunks) on Python threads.
+Imported lazily by those modules (and by :mod:`._torch_batchnorm_kernels`, which shares the channel
+tiles). Every sum adds its terms one by one in the order the caller's ranges give: nothing is
+reassociated (no ``fastmath``). Speed comes from independent chains: NCHW runs eight channels' chains as
+the lanes of one LLVM vector (:func:`group_moments`, both passes of a channel group in one work item,
+at about the exact dialect's speed), channels-last rows add into a per-chunk row of accumulators
+(vectorized across channels). The parallel kernels are one ``prange`` launch each (through
+:func:`batchnorm._kernels.compiled._launch`); which numba thread runs a channel group or a oneDNN chunk
+changes no result.
 
 A term is chosen by ``mode``: SUM adds v; SQUARES adds fl(d * d), d = fl(v - m); FMA_SQUARES forms
 fma(d, d, acc), one rounding (llvm.fma: vfmadd on FMA machines, the C library's fma elsewhere).
@@ -14,14 +16,17 @@ fma(d, d, acc), one rounding (llvm.fma: vfmadd on FMA machines, the C library's 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
-from numba.extending import intrinsic
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
 SUM, SQUARES, FMA_SQUARES = 0, 1, 2
 #: channels summed side by side.
 GROUP = 8
 
 _serial = njit(nogil=True, cache=True)
+_parallel = njit(parallel=True, nogil=True, cache=True)
 
 
 @intrinsic
@@ -69,50 +74,6 @@ def _store(out, c0, width, s0, s1, s2, s3, s4, s5, s6, s7):
 
 
 @_serial
-def _group_sums(x, c0, width, mean, mode, out):
-    """Channels c0 .. c0 + width - 1 (width <= 8) of (N, C, S), eight chains side by side."""
-    outer, _, inner = x.shape
-    k0, k1, k2, k3, k4, k5, k6, k7 = _lanes(c0, width)
-    m0, m1, m2, m3 = mean[k0], mean[k1], mean[k2], mean[k3]
-    m4, m5, m6, m7 = mean[k4], mean[k5], mean[k6], mean[k7]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = out[c0]  # +0, out is fresh zeros
-    for n in range(outer):
-        r0, r1, r2, r3 = x[n, k0], x[n, k1], x[n, k2], x[n, k3]
-        r4, r5, r6, r7 = x[n, k4], x[n, k5], x[n, k6], x[n, k7]
-        if mode == SUM:
-            for i in range(inner):
-                s0 += r0[i]
-                s1 += r1[i]
-                s2 += r2[i]
-                s3 += r3[i]
-                s4 += r4[i]
-                s5 += r5[i]
-                s6 += r6[i]
-                s7 += r7[i]
-        else:
-            for i in range(inner):
-                s0 = _step(s0, r0[i], m0, SQUARES)
-                s1 = _step(s1, r1[i], m1, SQUARES)
-                s2 = _step(s2, r2[i], m2, SQUARES)
-                s3 = _step(s3, r3[i], m3, SQUARES)
-                s4 = _step(s4, r4[i], m4, SQUARES)
-                s5 = _step(s5, r5[i], m5, SQUARES)
-                s6 = _step(s6, r6[i], m6, SQUARES)
-                s7 = _step(s7, r7[i], m7, SQUARES)
-    _store(out, c0, width, s0, s1, s2, s3, s4, s5, s6, s7)
-
-
-@_serial
-def channel_sums(x, g0, g1, mean, mode, out):
-    """Channel groups g0 .. g1 - 1 (eight channels each, the last one narrower) of contiguous (N, C, S):
-    out[c] = the terms (SUM or SQUARES) summed over (n, s) from out[c] (+0), oneDNN's ncsp order."""
-    channels = x.shape[1]
-    for g in range(g0, g1):
-        c0 = g * GROUP
-        _group_sums(x, c0, min(GROUP, channels - c0), mean, mode, out)
-
-
-@_serial
 def _narrow_chunk(rows, spatial, n0, n1, s0, s1, mean, mode, out):
     """One chunk of channels-last rows with at most eight channels: a chain per channel in registers."""
     k0, k1, k2, k3, k4, k5, k6, k7 = _lanes(0, rows.shape[1])
@@ -151,6 +112,20 @@ def chunk_sums(rows, spatial, n0, n1, s0, s1, mean, mode, out):
     out[:] = acc
 
 
+@_parallel
+def chunk_partials(rows, spatial, parts, mean, mode, nchunks):
+    """:func:`chunk_sums` of every chunk in ``parts`` ((n0, n1, s0, s1) per row) into its own row of a
+    zeroed (len(parts), C) array, the chunks split over ``nchunks`` parallel chunks (each chunk's partial
+    is its own: the split changes nothing)."""
+    count = parts.shape[0]
+    partials = np.zeros((count, rows.shape[1]), rows.dtype)
+    for t in prange(nchunks):
+        for p in range(count * t // nchunks, count * (t + 1) // nchunks):
+            n0, n1, s0, s1 = parts[p, 0], parts[p, 1], parts[p, 2], parts[p, 3]
+            chunk_sums(rows, spatial, n0, n1, s0, s1, mean, mode, partials[p])
+    return partials
+
+
 @_serial
 def column_tree_sums(rows, mean, packed, unrolled, mode):
     """Per column of (R, C), Eigen's InnerMostDimPreserver (columns < ``packed``): rows j < ``unrolled`` to
@@ -172,3 +147,346 @@ def column_tree_sums(rows, mean, packed, unrolled, mode):
         for c in range(packed):
             acc[0, c] = ((acc[0, c] + acc[1, c]) + acc[2, c]) + acc[3, c]
     return acc[0].copy()
+
+
+# -- channel tiles: eight channels' sequential chains as the lanes of one LLVM vector ---------------------
+#
+# A chain per channel is strictly sequential, so the speed is in running eight of them at once: lane j of a
+# ``Vector`` accumulator is channel j's chain. A tile is eight values of each of eight channel rows; it is
+# loaded as eight row vectors, transposed in registers (three rounds of two-source shuffles), and its
+# columns (position p of every row) are added one after another, p = 0 .. 7: each lane sees its channel's
+# values in memory order, one IEEE operation per value, as the scalar chain would.
+
+#: channels per vector (lanes) and values per row of a tile.
+LANES = 8
+
+
+class Vector(types.Type):
+    """An LLVM vector of LANES floats of ``dtype`` (float32 or float64): a value kept in registers."""
+
+    def __init__(self, dtype: types.Float) -> None:
+        self.dtype = dtype
+        super().__init__(name=f"Vector({dtype}x{LANES})")
+
+
+def _llvm_float(dtype: types.Type) -> ir.Type:
+    return ir.DoubleType() if dtype == types.float64 else ir.FloatType()
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(_llvm_float(fe_type.dtype), LANES))
+
+
+#: storage the tiles read: float32, float64, float16 as uint16 and bfloat16 as int16 (upcast exactly).
+_STORAGE = (types.float32, types.float64, types.uint16, types.int16)
+
+
+def _compute_type(storage: types.Type) -> types.Float:
+    return types.float64 if storage == types.float64 else types.float32
+
+
+def _upcast(builder: ir.IRBuilder, v: ir.Value, storage: types.Type) -> ir.Value:
+    """Stored values (a vector of LANES, or a scalar) in their compute type: float16 and bfloat16 exactly
+    to float32 (bfloat16: its bits in the top half of a float32)."""
+    width = v.type.count if isinstance(v.type, ir.VectorType) else None
+
+    def ty(element: ir.Type) -> ir.Type:
+        return element if width is None else ir.VectorType(element, width)
+
+    if storage == types.uint16:
+        return builder.fpext(builder.bitcast(v, ty(ir.HalfType())), ty(ir.FloatType()))
+    if storage == types.int16:
+        wide = builder.zext(v, ty(ir.IntType(32)))
+        shift = ir.Constant(ty(ir.IntType(32)), [16] * width if width else 16)
+        return builder.bitcast(builder.shl(wide, shift), ty(ir.FloatType()))
+    return v
+
+
+def _transpose(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The columns of a LANES x LANES tile given as row vectors: rounds h = 4, 2, 1 swap the off-diagonal
+    h x h blocks of each 2h x 2h block (two-source shuffles)."""
+    rows = list(rows)
+    h = LANES // 2
+    while h:
+        low = [i if not i & h else LANES + i - h for i in range(LANES)]
+        high = [i + h if not i & h else LANES + i for i in range(LANES)]
+        for j in range(LANES):
+            if j & h:
+                continue
+            a, b = rows[j], rows[j + h]
+            rows[j] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), LANES), low))
+            rows[j + h] = builder.shuffle_vector(
+                a, b, ir.Constant(ir.VectorType(ir.IntType(32), LANES), high)
+            )
+        h //= 2
+    return rows
+
+
+def _check(acc, x, rows, mean):
+    """The typing shared by the tile intrinsics; None where the arguments do not fit."""
+    if not (isinstance(acc, Vector) and isinstance(x, types.Array) and x.ndim == 1 and x.dtype in _STORAGE):
+        return False
+    if not (
+        isinstance(rows, types.UniTuple) and rows.count == LANES and isinstance(rows.dtype, types.Integer)
+    ):
+        return False
+    compute = _compute_type(x.dtype)
+    if acc.dtype != compute and not (acc.dtype == types.float64 and compute == types.float32):
+        return False
+    return isinstance(mean, types.NoneType) or (isinstance(mean, Vector) and mean.dtype == compute)
+
+
+def _terms(builder, values, mean, acc_type, fused_acc=None):
+    """Each value, or fl(fl(v - m)^2) with ``mean``, in the compute type, then widened to ``acc_type``."""
+    out = []
+    for v in values:
+        if mean is not None:
+            d = builder.fsub(v, mean)
+            if fused_acc is not None:
+                out.append(d)
+                continue
+            v = builder.fmul(d, d)
+        if v.type != acc_type:
+            v = builder.fpext(v, acc_type)
+        out.append(v)
+    return out
+
+
+def _tile_codegen(kind: str):
+    def codegen(context, builder, signature, args):
+        acc, x, rows, i, mean = args
+        storage = signature.args[1].dtype
+        data = context.make_array(signature.args[1])(context, builder, x).data
+        element = data.type.pointee
+        offsets = [builder.add(builder.extract_value(rows, j), i) for j in range(LANES)]
+        has_mean = not isinstance(signature.args[4], types.NoneType)
+        if kind == "tile":
+            loads = []
+            for j in range(LANES):
+                pointer = builder.bitcast(
+                    builder.gep(data, [offsets[j]]), ir.VectorType(element, LANES).as_pointer()
+                )
+                loads.append(_upcast(builder, builder.load(pointer, align=1), storage))
+            columns = _transpose(builder, loads)
+        else:  # one value per lane
+            vector = ir.Constant(ir.VectorType(_llvm_float(_compute_type(storage)), LANES), ir.Undefined)
+            for j in range(LANES):
+                value = _upcast(builder, builder.load(builder.gep(data, [offsets[j]])), storage)
+                vector = builder.insert_element(vector, value, ir.Constant(ir.IntType(32), j))
+            columns = [vector]
+        if kind == "fma":  # (typed for every call site; reached with acc, x and mean of one type)
+            d = builder.fsub(columns[0], mean) if has_mean else columns[0]
+            if d.type != acc.type:
+                d = builder.fpext(d, acc.type)
+            suffix = "f64" if acc.type.element == ir.DoubleType() else "f32"
+            fnty = ir.FunctionType(acc.type, [acc.type] * 3)
+            fma = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{LANES}{suffix}")
+            return builder.call(fma, [d, d, acc])
+        for t in _terms(builder, columns, mean if has_mean else None, acc.type):
+            acc = builder.fadd(acc, t)
+        return acc
+
+    return codegen
+
+
+@intrinsic
+def tile_add(typingctx, acc, x, rows, i, mean):
+    """acc with a tile added: lane j adds term(x[rows[j] + i + p]) for p = 0 .. LANES - 1 in order, term
+    the value (``mean`` None) or fl(fl(v - m_j)^2), in the compute type (float32, float64 for float64
+    storage), widened to acc's type. x a flat array (half inputs as their 16-bit storage)."""
+    if not _check(acc, x, rows, mean):
+        return None
+    return acc(acc, x, rows, i, mean), _tile_codegen("tile")
+
+
+@intrinsic
+def column_add(typingctx, acc, x, rows, i, mean):
+    """acc with one column added: lane j adds term(x[rows[j] + i]) (see :func:`tile_add`)."""
+    if not _check(acc, x, rows, mean):
+        return None
+    return acc(acc, x, rows, i, mean), _tile_codegen("column")
+
+
+@intrinsic
+def column_fma(typingctx, acc, x, rows, i, mean):
+    """acc = fma(d, d, acc) per lane, d = fl(x[rows[j] + i] - m_j), rounded once (torch's float64
+    contraction: acc, x and mean of one type)."""
+    if not _check(acc, x, rows, mean):
+        return None
+    return acc(acc, x, rows, i, mean), _tile_codegen("fma")
+
+
+def _run_codegen(context, builder, signature, args):
+    acc, x, start, mean = args
+    storage = signature.args[1].dtype
+    data = context.make_array(signature.args[1])(context, builder, x).data
+    pointer = builder.bitcast(
+        builder.gep(data, [start]), ir.VectorType(data.type.pointee, LANES).as_pointer()
+    )
+    value = _upcast(builder, builder.load(pointer, align=1), storage)
+    has_mean = not isinstance(signature.args[3], types.NoneType)
+    (term,) = _terms(builder, [value], mean if has_mean else None, acc.type)
+    return builder.fadd(acc, term)
+
+
+@intrinsic
+def run_add(typingctx, acc, x, start, mean):
+    """acc + term(x[start:start + LANES]): lane l adds the value at start + l (term as in
+    :func:`tile_add`, ``mean`` None or a Vector of the compute type)."""
+    if not _check(acc, x, types.UniTuple(types.intp, LANES), mean):
+        return None
+    return acc(acc, x, start, mean), _run_codegen
+
+
+@intrinsic
+def value(typingctx, x, i):
+    """x[i] in its compute type (float16 / bfloat16 storage upcast exactly to float32)."""
+    if not (isinstance(x, types.Array) and x.dtype in _STORAGE and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return _upcast(builder, builder.load(builder.gep(data, [args[1]])), x.dtype)
+
+    return _compute_type(x.dtype)(x, i), codegen
+
+
+@intrinsic
+def splat(typingctx, v):
+    """The Vector with v in every lane."""
+    if not isinstance(v, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = ir.VectorType(_llvm_float(v), LANES)
+        one = builder.insert_element(
+            ir.Constant(vector, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0)
+        )
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), mask)
+
+    return Vector(v)(v), codegen
+
+
+@intrinsic
+def zeros(typingctx, like):
+    """A Vector of +0 of the float type of ``like`` (a float scalar)."""
+    if not isinstance(like, types.Float):
+        return None
+    vector = Vector(like)
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(ir.VectorType(_llvm_float(like), LANES), None)
+
+    return vector(like), codegen
+
+
+@intrinsic
+def gather(typingctx, values, index):
+    """The Vector of values[index[j]] (a float array, index a LANES-tuple)."""
+    if not (isinstance(values, types.Array) and isinstance(values.dtype, types.Float)):
+        return None
+    if not (isinstance(index, types.UniTuple) and index.count == LANES):
+        return None
+    vector = Vector(values.dtype)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        out = ir.Constant(ir.VectorType(_llvm_float(values.dtype), LANES), ir.Undefined)
+        for j in range(LANES):
+            k = builder.extract_value(args[1], j)
+            out = builder.insert_element(
+                out, builder.load(builder.gep(array.data, [k])), ir.Constant(ir.IntType(32), j)
+            )
+        return out
+
+    return vector(values, index), codegen
+
+
+@intrinsic
+def lane(typingctx, vector, j):
+    """Lane j of a Vector."""
+    if not (isinstance(vector, Vector) and isinstance(j, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.extract_element(args[0], args[1])
+
+    return vector.dtype(vector, j), codegen
+
+
+@_serial
+def channel_lanes(c0, width):
+    """Channel of each lane: c0 .. c0 + width - 1, the last repeated (its copies are computed and
+    dropped, so that a narrow group runs the same code)."""
+    last = c0 + width - 1
+    return (
+        min(c0, last),
+        min(c0 + 1, last),
+        min(c0 + 2, last),
+        min(c0 + 3, last),
+        min(c0 + 4, last),
+        min(c0 + 5, last),
+        min(c0 + 6, last),
+        min(c0 + 7, last),
+    )
+
+
+@_serial
+def row_starts(o, C, inner, k):
+    """Flat offsets of row (o, k[j]) of a (outer, C, inner) array, per lane."""
+    base = o * C
+    return (
+        (base + k[0]) * inner,
+        (base + k[1]) * inner,
+        (base + k[2]) * inner,
+        (base + k[3]) * inner,
+        (base + k[4]) * inner,
+        (base + k[5]) * inner,
+        (base + k[6]) * inner,
+        (base + k[7]) * inner,
+    )
+
+
+@_serial
+def _group_pass(x, k, outer, C, inner, acc, mean, last):
+    """acc plus the terms of channels k over (o, i) in memory order; the value at i == last (if any) by
+    :func:`column_fma`."""
+    body = inner - inner % LANES
+    for o in range(outer):
+        rows = row_starts(o, C, inner, k)
+        for i in range(0, body, LANES):
+            acc = tile_add(acc, x, rows, i, mean)
+        for i in range(body, inner):
+            if i == last:
+                acc = column_fma(acc, x, rows, i, mean)
+            else:
+                acc = column_add(acc, x, rows, i, mean)
+    return acc
+
+
+@_parallel
+def group_moments(x, outer, C, inner, count, mean, squares, fused, nchunks):
+    """Two-pass statistics of (outer, C, inner) stored flat in ``x``, eight channels per vector, groups of
+    eight channels split over ``nchunks`` parallel chunks (each channel's result is its own chain, so the
+    split changes nothing). Per channel: S = the sum of x over (o, i) in memory order from +0 in the type
+    of ``count`` (float32 or float64; float16 / bfloat16 storage upcast to float32), mean[c] = fl(S /
+    count) stored in mean's dtype; then Q = the same sum of fl(fl(x - mean)^2) (computed in x's compute
+    type, added in count's type) into squares[c]. ``fused``: the last value of each row adds as fma(d, d,
+    Q) instead (count and x of one type)."""
+    groups = (C + LANES - 1) // LANES
+    last = inner - 1 if fused and inner % 2 == 1 else inner
+    for t in prange(nchunks):
+        for g in range(groups * t // nchunks, groups * (t + 1) // nchunks):
+            c0 = g * LANES
+            width = min(LANES, C - c0)
+            k = channel_lanes(c0, width)
+            acc = _group_pass(x, k, outer, C, inner, zeros(count), None, inner)
+            for j in range(width):
+                mean[c0 + j] = lane(acc, j) / count
+            m = gather(mean, k)
+            acc = _group_pass(x, k, outer, C, inner, zeros(count), m, last)
+            for j in range(width):
+                squares[c0 + j] = lane(acc, j)

@@ -3,7 +3,10 @@
 Each kernel writes out the order of torch's loop (aten/src/ATen/native/cpu/batch_norm_kernel.cpp); no
 ``fastmath``, so numba neither reassociates a sum nor contracts a multiply-add: the one FMA torch's
 channels-last kernel makes is the explicit :func:`fma` (``llvm.fma``, always fused). Parallelism never
-changes a result: work items are whole channels or torch's own per-thread row chunks.
+changes a result: work items are whole channels or torch's own per-thread row chunks. The contiguous
+float32 / float64 statistics run :func:`._fused_kernels.group_moments` (eight channels' float64 chains
+as the lanes of a vector, transposed tiles); the half-input kernel keeps torch's eight lanes in one
+vector and reads float16 / bfloat16 storage directly (no float32 copy of the input).
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-__all__ = ["fma", "lane_moments", "partial_squares", "partial_sums", "sequential_moments", "serial_moments"]
+from ._fused_kernels import LANES, lane, run_add, splat, value, zeros
 
-#: channels summed side by side on one thread (independent chains: the latency of one add is hidden).
-GROUP = 4
+__all__ = ["fma", "lane_moments", "partial_squares", "partial_sums", "serial_moments"]
 
 _kernel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+_serial = njit(nogil=True, cache=True, error_model="numpy")
 
 
 @intrinsic
@@ -33,84 +36,6 @@ def fma(typingctx, a, b, c):
         return builder.call(function, args)
 
     return a(a, b, c), codegen
-
-
-@_kernel
-def sequential_moments(x, fused):
-    """Per channel of x (outer, C, inner), float32 or float64: the mean and the sum of squared deviations,
-    each a float64 sum in memory order (o, then i) from 0, stored in x's dtype.
-
-    mean = fl(sum / n); var_sum = fl(sum of fl(fl(x - mean)^2)), the square rounded in x's dtype (float32:
-    no FMA, the accumulator has another type). ``fused`` (float64 only): per row, the last value of an
-    odd-length row is added as fma(d, d, sum), as GCC's pairwise-vectorized loop of torch's FMA builds
-    does."""
-    outer, C, inner = x.shape
-    n = outer * inner
-    body = inner - inner % 2 if fused else inner
-    mean = np.empty(C, x.dtype)
-    var_sum = np.empty(C, x.dtype)
-    for g in prange((C + GROUP - 1) // GROUP):
-        c0 = g * GROUP
-        if c0 + GROUP <= C:
-            s0 = s1 = s2 = s3 = 0.0
-            for o in range(outer):
-                r0, r1, r2, r3 = x[o, c0], x[o, c0 + 1], x[o, c0 + 2], x[o, c0 + 3]
-                for i in range(inner):
-                    s0 += r0[i]
-                    s1 += r1[i]
-                    s2 += r2[i]
-                    s3 += r3[i]
-            mean[c0] = s0 / n
-            mean[c0 + 1] = s1 / n
-            mean[c0 + 2] = s2 / n
-            mean[c0 + 3] = s3 / n
-            m0, m1, m2, m3 = mean[c0], mean[c0 + 1], mean[c0 + 2], mean[c0 + 3]
-            s0 = s1 = s2 = s3 = 0.0
-            for o in range(outer):
-                r0, r1, r2, r3 = x[o, c0], x[o, c0 + 1], x[o, c0 + 2], x[o, c0 + 3]
-                for i in range(body):
-                    d0 = r0[i] - m0
-                    d1 = r1[i] - m1
-                    d2 = r2[i] - m2
-                    d3 = r3[i] - m3
-                    s0 += d0 * d0
-                    s1 += d1 * d1
-                    s2 += d2 * d2
-                    s3 += d3 * d3
-                for i in range(body, inner):
-                    s0 = _fused_square(r0[i] - m0, s0)
-                    s1 = _fused_square(r1[i] - m1, s1)
-                    s2 = _fused_square(r2[i] - m2, s2)
-                    s3 = _fused_square(r3[i] - m3, s3)
-            var_sum[c0] = s0
-            var_sum[c0 + 1] = s1
-            var_sum[c0 + 2] = s2
-            var_sum[c0 + 3] = s3
-        else:
-            for c in range(c0, C):
-                s = 0.0
-                for o in range(outer):
-                    row = x[o, c]
-                    for i in range(inner):
-                        s += row[i]
-                mean[c] = s / n
-                m = mean[c]
-                s = 0.0
-                for o in range(outer):
-                    row = x[o, c]
-                    for i in range(body):
-                        d = row[i] - m
-                        s += d * d
-                    for i in range(body, inner):
-                        s = _fused_square(row[i] - m, s)
-                var_sum[c] = s
-    return mean, var_sum
-
-
-@njit(nogil=True, cache=True)
-def _fused_square(d, acc):
-    """fma(d, d, acc) in float64 (only float64 inputs reach it)."""
-    return fma(np.float64(d), np.float64(d), acc)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -136,55 +61,59 @@ def serial_moments(x, fused):
     return mean, var_sum
 
 
+@_serial
+def _lane_pass(x, c, outer, C, inner, m):
+    """One pass of :func:`lane_moments` over channel c: the scalar and the lanes' sum, as torch adds them
+    (m None: the values; else fl(fl(v - m)^2))."""
+    body = inner - inner % (2 * LANES)
+    acc = zeros(np.float32(0.0))
+    s = np.float32(0.0)
+    center = _center(m)
+    for o in range(outer):
+        start = (o * C + c) * inner
+        for d in range(start, start + body, 2 * LANES):
+            acc = run_add(acc, x, d, center)
+            acc = run_add(acc, x, d + LANES, center)
+        for d in range(start + body, start + inner):
+            s += _term(value(x, d), m)
+    r = lane(acc, 0)
+    for j in range(1, LANES):
+        r += lane(acc, j)
+    return s + r
+
+
+def _center(m):
+    """None where m is None, else the Vector of m (chosen when numba types the call)."""
+
+
+@overload(_center)
+def _center_typed(m):
+    if isinstance(m, types.NoneType):
+        return lambda m: None
+    return lambda m: splat(m)
+
+
+@njit(nogil=True, cache=True)
+def _term(v, m):
+    if m is None:
+        return v
+    e = v - m
+    return e * e
+
+
 @_kernel
-def lane_moments(x, lanes):
-    """torch's contiguous kernel for float16 / bfloat16 (x (outer, C, inner) upcast to float32): float32
-    throughout, no FMA. Per row of ``inner`` values, blocks of 2 * lanes values go to ``lanes``
-    accumulators (lane l takes values l and lanes + l of the block), the rest of the row to a scalar;
-    then scalar + (((lane 0 + lane 1) + lane 2) + ...). The same for fl(fl(x - mean)^2)."""
-    outer, C, inner = x.shape
+def lane_moments(x, outer, C, inner, mean, var_sum, nchunks):
+    """torch's contiguous kernel for float16 / bfloat16 (x flat (outer, C, inner) storage: float16 as
+    uint16, bfloat16 as int16, upcast exactly to float32 as read): float32 throughout, no FMA. Per row
+    of ``inner`` values, blocks of 2 * LANES values go to LANES accumulators (lane l takes values l and
+    LANES + l of the block), the rest of the row to a scalar; then scalar + (((lane 0 + lane 1) + lane 2)
+    + ...). The same for fl(fl(x - mean)^2). Channels split over ``nchunks`` parallel chunks."""
     n = np.float32(outer * inner)
-    block = 2 * lanes
-    body = inner - inner % block
-    mean = np.empty(C, np.float32)
-    var_sum = np.empty(C, np.float32)
-    for c in prange(C):
-        acc = np.zeros(lanes, np.float32)
-        s = np.float32(0.0)
-        for o in range(outer):
-            row = x[o, c]
-            for d in range(0, body, block):
-                for lane in range(lanes):
-                    acc[lane] += row[d + lane]
-                for lane in range(lanes):
-                    acc[lane] += row[d + lanes + lane]
-            for d in range(body, inner):
-                s += row[d]
-        r = acc[0]
-        for lane in range(1, lanes):
-            r += acc[lane]
-        s += r
-        m = s / n
-        mean[c] = m
-        acc[:] = 0.0
-        s = np.float32(0.0)
-        for o in range(outer):
-            row = x[o, c]
-            for d in range(0, body, block):
-                for lane in range(lanes):
-                    e = row[d + lane] - m
-                    acc[lane] += e * e
-                for lane in range(lanes):
-                    e = row[d + lanes + lane] - m
-                    acc[lane] += e * e
-            for d in range(body, inner):
-                e = row[d] - m
-                s += e * e
-        r = acc[0]
-        for lane in range(1, lanes):
-            r += acc[lane]
-        var_sum[c] = s + r
-    return mean, var_sum
+    for t in prange(nchunks):
+        for c in range(C * t // nchunks, C * (t + 1) // nchunks):
+            m = _lane_pass(x, c, outer, C, inner, None) / n
+            mean[c] = m
+            var_sum[c] = _lane_pass(x, c, outer, C, inner, m)
 
 
 @_kernel

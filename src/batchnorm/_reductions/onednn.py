@@ -37,14 +37,10 @@ inputs only; on a machine without FMA the JIT kernel would not fuse (not emulate
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from .._errors import BatchNormError
@@ -53,8 +49,8 @@ __all__ = ["moments"]
 
 #: NHWC channel counts divisible by this run oneDNN's JIT kernel (the narrowest vector, SSE4.1).
 JIT_CHANNEL_MULTIPLE = 4
-#: inputs smaller than this run on the calling thread alone (waking threads costs more).
-PARALLEL_MIN = 1 << 16
+#: storage the NCHW tiles read as it is (float16 and bfloat16 upcast to float32 in registers).
+_TILED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def default_threads() -> int:
@@ -63,26 +59,6 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-_WORKERS = default_threads()
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _run(calls: Sequence[Callable[[], object]], values: int) -> None:
-    """Run kernel calls (they release the GIL) on a thread pool, or inline when small. Results do not
-    depend on it: each call owns its channels or its chunk's partial sums."""
-    global _pool
-    if len(calls) == 1 or values < PARALLEL_MIN:
-        for call in calls:
-            call()
-        return
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="batchnorm-onednn")
-    for future in [_pool.submit(call) for call in calls]:
-        future.result()
 
 
 def balance211(n: int, team: int, member: int) -> tuple[int, int]:
@@ -162,25 +138,19 @@ def moments(
         )
     if images is None and shape is not None:
         images = shape[0]
-    from . import _fused_kernels
+    from .._kernels import compiled
+    from . import _fused_kernels as k
 
-    k: Any = _fused_kernels
     acc = np.dtype(np.float64) if x3.dtype == np.float64 else np.dtype(np.float32)
-    x = np.ascontiguousarray(x3, dtype=acc)
-    outer, channels, inner = x.shape
+    outer, channels, inner = x3.shape
     count = acc.type(outer * inner)
-    if inner > 1:
-        groups = -(-channels // k.GROUP)
-        spans = [balance211(groups, _WORKERS, i) for i in range(min(groups, _WORKERS))]
-        sums, zeros = np.zeros(channels, acc), np.zeros(channels, acc)
-        _run([functools.partial(k.channel_sums, x, g0, g1, zeros, k.SUM, sums) for g0, g1 in spans], x.size)
-        mean = sums / count
-        squares = np.zeros(channels, acc)
-        _run(
-            [functools.partial(k.channel_sums, x, g0, g1, mean, k.SQUARES, squares) for g0, g1 in spans],
-            x.size,
-        )
+    if inner > 1:  # ncsp: one chain per channel, eight channels per vector; half inputs upcast in the tiles
+        x = np.ascontiguousarray(x3, dtype=x3.dtype if x3.dtype in _TILED else acc)
+        mean, squares = np.empty(channels, acc), np.empty(channels, acc)
+        args = (compiled._storage(x), outer, channels, inner, count, mean, squares, False)
+        compiled._launch(k.group_moments, *args, compiled._chunks(-(-channels // k.LANES), x.size))
         return mean.astype(dtype), (squares / count).astype(dtype)
+    x = np.ascontiguousarray(x3, dtype=acc)
     images = outer if images is None else images
     if images <= 0 or outer % images:
         raise ValueError(f"images={images} does not divide the {outer} rows of a channels-last input")
@@ -189,13 +159,8 @@ def moments(
     rows = x.reshape(outer, channels)
 
     def chunk_totals(mean: np.ndarray, mode: int) -> np.ndarray:
-        partials = np.zeros((len(parts), channels), acc)
-        calls = [
-            functools.partial(k.chunk_sums, rows, spatial, *part, mean, mode, partials[t])
-            for t, part in enumerate(parts)
-        ]
-        _run(calls, x.size)
-        return _combine(partials)
+        args = (rows, spatial, parts, mean, mode)
+        return _combine(compiled._launch(k.chunk_partials, *args, compiled._chunks(len(parts), x.size)))
 
     mean = chunk_totals(np.zeros(channels, acc), k.SUM) / count
     var = chunk_totals(mean, k.FMA_SQUARES if fused else k.SQUARES) / count

@@ -96,18 +96,36 @@ def moments(
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
         raise BatchNormError(f"threads must be >= 1; got {threads}. Pass None for torch's default")
+    from .._kernels import compiled
     from . import _torch_batchnorm_kernels as k
+    from ._fused_kernels import LANES, group_moments
 
     half = x3.dtype not in _WIDE
     work = np.dtype(np.float32) if half else x3.dtype
-    x = np.ascontiguousarray(x3, dtype=work)
-    outer, C, inner = x.shape
+    outer, C, inner = x3.shape
+    x = x3 if inner > 1 and half else np.ascontiguousarray(x3, dtype=work)
     n = outer * inner
     with np.errstate(all="ignore"):
-        if inner > 1 and half:
-            mean, var_sum = k.lane_moments(x, HALF_LANES)
+        if inner > 1 and half:  # the 16-bit storage as it is, upcast in the kernel
+            mean, var_sum = np.empty(C, work), np.empty(C, work)
+            storage = compiled._storage(np.ascontiguousarray(x3))
+            compiled._launch(
+                k.lane_moments, storage, outer, C, inner, mean, var_sum, compiled._chunks(C, n * C)
+            )
         elif inner > 1:
-            mean, var_sum = k.sequential_moments(x, fused and work == np.float64)
+            mean, var_sum = np.empty(C, work), np.empty(C, work)
+            groups = -(-C // LANES)
+            args = (
+                x.reshape(-1),
+                outer,
+                C,
+                inner,
+                np.float64(n),
+                mean,
+                var_sum,
+                fused and work == np.float64,
+            )
+            compiled._launch(group_moments, *args, compiled._chunks(groups, x.size))
         elif outer <= threads and not half:
             mean, var_sum = k.serial_moments(x.reshape(outer, C), fused)
         else:
