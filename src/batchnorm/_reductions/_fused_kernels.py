@@ -5,9 +5,11 @@ tiles). Every sum adds its terms one by one in the order the caller's ranges giv
 reassociated (no ``fastmath``). Speed comes from independent chains: NCHW runs eight channels' chains as
 the lanes of one LLVM vector (:func:`group_moments`, both passes of a channel group in one work item,
 at about the exact dialect's speed), channels-last rows add into a per-chunk row of accumulators
-(vectorized across channels). The parallel kernels are one ``prange`` launch each (through
-:func:`batchnorm._kernels.compiled._launch`); which numba thread runs a channel group or a oneDNN chunk
-changes no result.
+(vectorized across channels); Eigen's rank-5 tree (:func:`eigen_moments`) runs eight channels per
+vector too, its four accumulators a rotating tuple of vectors over tiles read in place (channels-last:
+rows read in memory order, the accumulators in a small buffer). The parallel kernels are one ``prange``
+launch each (through :func:`batchnorm._kernels.compiled._launch`); which numba thread runs a channel
+group or a oneDNN chunk changes no result.
 
 A term is chosen by ``mode``: SUM adds v; SQUARES adds fl(d * d), d = fl(v - m); FMA_SQUARES forms
 fma(d, d, acc), one rounding (llvm.fma: vfmadd on FMA machines, the C library's fma elsewhere).
@@ -19,7 +21,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
 SUM, SQUARES, FMA_SQUARES = 0, 1, 2
 #: channels summed side by side.
@@ -254,22 +256,26 @@ def _terms(builder, values, mean, acc_type, fused_acc=None):
     return out
 
 
+def _tile_columns(builder: ir.IRBuilder, data: ir.Value, offsets: list[ir.Value], storage: types.Type):
+    """The LANES columns of the tile whose row j starts at data[offsets[j]], in the compute type."""
+    loads = []
+    for j in range(LANES):
+        pointer = builder.bitcast(
+            builder.gep(data, [offsets[j]]), ir.VectorType(data.type.pointee, LANES).as_pointer()
+        )
+        loads.append(_upcast(builder, builder.load(pointer, align=1), storage))
+    return _transpose(builder, loads)
+
+
 def _tile_codegen(kind: str):
     def codegen(context, builder, signature, args):
         acc, x, rows, i, mean = args
         storage = signature.args[1].dtype
         data = context.make_array(signature.args[1])(context, builder, x).data
-        element = data.type.pointee
         offsets = [builder.add(builder.extract_value(rows, j), i) for j in range(LANES)]
         has_mean = not isinstance(signature.args[4], types.NoneType)
         if kind == "tile":
-            loads = []
-            for j in range(LANES):
-                pointer = builder.bitcast(
-                    builder.gep(data, [offsets[j]]), ir.VectorType(element, LANES).as_pointer()
-                )
-                loads.append(_upcast(builder, builder.load(pointer, align=1), storage))
-            columns = _transpose(builder, loads)
+            columns = _tile_columns(builder, data, offsets, storage)
         else:  # one value per lane
             vector = ir.Constant(ir.VectorType(_llvm_float(_compute_type(storage)), LANES), ir.Undefined)
             for j in range(LANES):
@@ -338,6 +344,72 @@ def run_add(typingctx, acc, x, start, mean):
     if not _check(acc, x, types.UniTuple(types.intp, LANES), mean):
         return None
     return acc(acc, x, start, mean), _run_codegen
+
+
+@intrinsic
+def tile_add4(typingctx, accs, x, rows, i, mean):
+    """Four accumulators with a tile added, rotating: column p (row value x[rows[j] + i + p] of lane j,
+    term as in :func:`tile_add`) goes to accs[p % 4], p = 0 .. LANES - 1 in order. LANES is a multiple
+    of 4, so accs[0] takes the row after the tile as it took the tile's first."""
+    if not (isinstance(accs, types.UniTuple) and accs.count == 4 and _check(accs.dtype, x, rows, mean)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        accs, x, rows, i, mean = args
+        storage = signature.args[1].dtype
+        data = context.make_array(signature.args[1])(context, builder, x).data
+        offsets = [builder.add(builder.extract_value(rows, j), i) for j in range(LANES)]
+        acc = [builder.extract_value(accs, a) for a in range(4)]
+        has_mean = not isinstance(signature.args[4], types.NoneType)
+        columns = _tile_columns(builder, data, offsets, storage)
+        for p, t in enumerate(_terms(builder, columns, mean if has_mean else None, acc[0].type)):
+            acc[p % 4] = builder.fadd(acc[p % 4], t)
+        return context.make_tuple(builder, signature.return_type, acc)
+
+    return accs(accs, x, rows, i, mean), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b lane by lane (two Vectors of one type)."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(*args)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def load(typingctx, a, start):
+    """The Vector a[start:start + LANES] (a contiguous 1-d float array)."""
+    if not (isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.gep(data, [args[1]])
+        return builder.load(
+            builder.bitcast(pointer, ir.VectorType(data.type.pointee, LANES).as_pointer()), align=1
+        )
+
+    return Vector(a.dtype)(a, start), codegen
+
+
+@intrinsic
+def store(typingctx, a, start, v):
+    """a[start:start + LANES] = the lanes of v (a contiguous 1-d float array of v's type)."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(v, Vector) and v.dtype == a.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.gep(data, [args[1]])
+        builder.store(args[2], builder.bitcast(pointer, args[2].type.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(a, start, v), codegen
 
 
 @intrinsic
@@ -490,3 +562,129 @@ def group_moments(x, outer, C, inner, count, mean, squares, fused, nchunks):
             acc = _group_pass(x, k, outer, C, inner, zeros(count), m, last)
             for j in range(width):
                 squares[c0 + j] = lane(acc, j)
+
+
+# -- Eigen's InnerMostDimPreserver (eigen_fused): four accumulators per channel, eight channels per vector --
+#
+# The rows of TF's (R, C) view are j = o * inner + i of the (outer, C, inner) storage, read in place (no
+# transposed copy). Rows j < ``unrolled`` (a multiple of 4, 0 for the channels Eigen sums one by one) go
+# to accumulator j % 4: a tile's eight columns are eight consecutive rows, so column p goes to the
+# accumulator in position p % 4 of a rotating tuple whose first entry takes the next row (a single row
+# adds to it and rotates the tuple by one). Then ((a0 + a1) + a2) + a3, then the rows from ``unrolled``
+# on, one by one onto that.
+
+
+@_serial
+def _eigen_strided_pass(x, k, outer, C, inner, unrolled, zero, mean):
+    """The tree of channels k over (outer, C, inner) storage with inner > 1 (tiles of eight rows)."""
+    a = (zero, zero, zero, zero)  # a[0] takes the next row
+    for o in range(outer):
+        stop = min(inner, unrolled - o * inner)
+        if stop <= 0:
+            break
+        rows = row_starts(o, C, inner, k)
+        body = stop - stop % LANES
+        for i in range(0, body, LANES):
+            a = tile_add4(a, x, rows, i, mean)
+        for i in range(body, stop):
+            a = (a[1], a[2], a[3], column_add(a[0], x, rows, i, mean))
+    s = add(add(add(a[0], a[1]), a[2]), a[3])
+    for j in range(unrolled, outer * inner):
+        o = j // inner
+        s = column_add(s, x, row_starts(o, C, inner, k), j - o * inner, mean)
+    return s
+
+
+def _means(mean, start, k):
+    """None where mean is None; else the Vector of mean[k[j]], loaded from mean[start:] where start >= 0
+    (chosen when numba types the call)."""
+
+
+@overload(_means)
+def _means_typed(mean, start, k):
+    if isinstance(mean, types.NoneType):
+        return lambda mean, start, k: None
+    return lambda mean, start, k: load(mean, start) if start >= 0 else gather(mean, k)
+
+
+@_serial
+def _eigen_rows(x, g0, g1, count, C, packed, unrolled, scale, mean, out):
+    """One pass of :func:`eigen_moments` over channels-last (count, C) storage, channel groups g0 .. g1 - 1
+    (mean None: the values; else fl(fl(v - mean)^2)); out[c] = fl(tree sum * scale). The rows are read
+    in memory order, each row's whole groups one load of eight channels each (the last C % LANES
+    channels gathered); the accumulators (four per whole group: row j to j % 4, one for the last
+    channels) wait in ``acc`` from row to row, stored and loaded as they are."""
+    whole = min(g1, packed // LANES)  # groups g0 .. whole - 1 are whole packets
+    acc = np.zeros(max(1, g1 - g0) * 4 * LANES, out.dtype)
+    tail = channel_lanes(min(packed, C - 1), max(1, C - packed))  # (unused when C == packed)
+    tail_at = (g1 - g0 - 1) * 4 * LANES
+    tail_mean = _means(mean, -1, tail)
+    for j in range(0, unrolled, 4):
+        for g in range(g0, whole):
+            c0 = g * LANES
+            at = (g - g0) * 4 * LANES
+            m = _means(mean, c0, tail)
+            start = j * C + c0
+            store(acc, at, run_add(load(acc, at), x, start, m))
+            store(acc, at + LANES, run_add(load(acc, at + LANES), x, start + C, m))
+            store(acc, at + 2 * LANES, run_add(load(acc, at + 2 * LANES), x, start + 2 * C, m))
+            store(acc, at + 3 * LANES, run_add(load(acc, at + 3 * LANES), x, start + 3 * C, m))
+        if whole < g1:
+            s = load(acc, tail_at)
+            for r in range(j, j + 4):
+                s = column_add(s, x, tail, r * C, tail_mean)
+            store(acc, tail_at, s)
+    for g in range(g0, g1):
+        c0 = g * LANES
+        at = (g - g0) * 4 * LANES
+        if g < whole:
+            m = _means(mean, c0, tail)
+            s = add(
+                add(add(load(acc, at), load(acc, at + LANES)), load(acc, at + 2 * LANES)),
+                load(acc, at + 3 * LANES),
+            )
+            for j in range(unrolled, count):
+                s = run_add(s, x, j * C + c0, m)
+        else:
+            s = load(acc, at)
+            for j in range(unrolled, count):
+                s = column_add(s, x, tail, j * C, tail_mean)
+        for j in range(min(LANES, C - c0)):
+            out[c0 + j] = lane(s, j) * scale
+
+
+@_serial
+def _eigen_pass(x, k, outer, C, inner, unrolled, zero, mean):
+    """One pass of :func:`eigen_moments` over the group of channels k of (outer, C, inner) storage, inner
+    > 1 (mean None: the values; else the Vector of their means: fl(fl(v - m)^2))."""
+    if unrolled == 0:  # one chain in row order, which is memory order
+        return _group_pass(x, k, outer, C, inner, zero, mean, inner)
+    return _eigen_strided_pass(x, k, outer, C, inner, unrolled, zero, mean)
+
+
+@_parallel
+def eigen_moments(x, outer, C, inner, packed, unrolled, inverse, mean, var, nchunks):
+    """TF's fused rank-5 statistics of (outer, C, inner) stored flat in ``x`` (float16 / bfloat16 storage
+    upcast to float32 as read), rows j = o * inner + i, in the type of ``inverse`` = fl(1 / R): per
+    channel S by Eigen's tree (four accumulators for channels c < ``packed`` when ``unrolled`` > 0, else
+    one chain), mean[c] = fl(S * inverse); then Q, the same tree over fl(fl(x - mean)^2), var[c] = fl(Q *
+    inverse). Groups of eight channels split over ``nchunks`` parallel chunks (channels only: the split
+    changes nothing)."""
+    groups = (C + LANES - 1) // LANES
+    for t in prange(nchunks):
+        g0, g1 = groups * t // nchunks, groups * (t + 1) // nchunks
+        if inner == 1:
+            _eigen_rows(x, g0, g1, outer, C, packed, unrolled, inverse, None, mean)
+            _eigen_rows(x, g0, g1, outer, C, packed, unrolled, inverse, mean, var)
+            continue
+        for g in range(g0, g1):
+            c0 = g * LANES
+            width = min(LANES, C - c0)
+            k = channel_lanes(c0, width)
+            split = unrolled if c0 < packed else 0
+            s = _eigen_pass(x, k, outer, C, inner, split, zeros(inverse), None)
+            for j in range(width):
+                mean[c0 + j] = lane(s, j) * inverse
+            q = _eigen_pass(x, k, outer, C, inner, split, zeros(inverse), gather(mean, k))
+            for j in range(width):
+                var[c0 + j] = lane(q, j) * inverse
