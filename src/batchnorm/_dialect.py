@@ -18,6 +18,12 @@ Variance = Literal["two_pass", "sum_of_squares", "sum_of_squares_clamped"]
 Precision = Literal["float64", "native"]
 Estimator = Literal["biased", "unbiased"]
 InverseRoot = Literal["inference", "float64"]
+RunningForm = Literal["exact", "lerp", "delta"]
+RunningWeights = Literal["separate", "momentum_first", "complement_first"]
+RunningBessel = Literal["float64", "weight", "sum"]
+RunningAccumulation = Literal["native", "acc_type"]
+RunningStorage = Literal["parameters", "input"]
+Gradient = Literal["closed_form", "autodiff"]
 Reduction = Literal[
     "float64",
     "numpy",
@@ -91,7 +97,37 @@ class Dialect:
     The running statistics update as ``r <- momentum * r + (1 - momentum) * batch`` when momentum weighs
     the **old** value (Keras, ONNX, Flax) and ``r <- (1 - momentum) * r + momentum * batch`` when it
     weighs the **new** batch (PyTorch). The stored variance is the batch variance (``"biased"``, divided
-    by n) or Bessel-corrected (``"unbiased"``, times n / (n - 1)).
+    by n) or Bessel-corrected (``"unbiased"``, times n / (n - 1)). How the update is rounded
+    (:mod:`batchnorm._running`), with ``a`` the weight of the old value and ``w`` that of the new batch::
+
+        running_form "exact": a * r + w * b in float64, rounded once
+                     "lerp":  fl(fl(a * r) + fl(w * b))       (PyTorch, ONNX, Keras 3, Flax, tf_keras fused)
+                     "delta": fl(r - fl(fl(r - b) * w))       (tf_keras unfused: assign_sub)
+
+    each operation in the compute precision: float32 for float32 and half moving statistics, float64
+    for float64 ones. ``running_weights`` says how the two weights are formed from the momentum ``p``
+    (a float64 number) the user gives: ``"separate"`` rounds p and 1 - p (computed in float64) each to
+    the compute precision (Keras, Flax: Python floats); ``"momentum_first"`` rounds p and forms the
+    other weight as fl(1 - fl(p)) (ONNX's float attribute, PyTorch's static_cast<float>(momentum));
+    ``"complement_first"`` rounds 1 - p and forms p as fl(1 - fl(1 - p)) (TensorFlow's fused kernel,
+    whose exponential_avg_factor is 1 - momentum). ``running_bessel`` says how an unbiased variance
+    is formed: ``"float64"`` b = fl(var * n / (n - 1)) in float64; ``"weight"`` the factor k =
+    fl(fl(n) / fl(n - 1)) joins the weight, fl(fl(w * k) * var) (TensorFlow's fused kernels);
+    ``"sum"`` b = fl(s / fl(n - 1)) from the sum of squares s = fl(var * n) (PyTorch's var_sum; s is
+    recovered from var, exact where n is a power of two). ``running_var_accumulation`` ``"acc_type"``
+    forms the variance's new-batch term and the sum in float64 for float32 and float64 inputs (float32
+    for half inputs), the old term fl(a * r) in the compute precision, rounding once at the end
+    (PyTorch's accscalar_t unbiased_var on CPU). ``running_storage`` is the dtype of the stored
+    statistics: the moving arrays' (``"parameters"``) or the input's (``"input"``: ONNX's reference
+    evaluator returns them as x.dtype).
+
+    The backward pass (:func:`batchnorm.backward`) follows ``gradient``: ``"closed_form"`` forms
+    ``dx = g inv (dy - mean(dy) - xh mean(dy xh))`` in float64 from the batch statistics, rounding once;
+    ``"autodiff"`` runs the framework's reverse-mode autodiff of its forward graph op by op, each
+    operation rounded in float32, its sums by ``reduction`` (Flax: jax's gradient flows through E[x] and
+    E[x^2] of the fast variance separately, and those terms cancel in float32 at a large mean; see
+    :mod:`batchnorm._gradients`). It applies to the sum-of-squares variances and float32 and half
+    inputs; the two-pass variance and float64 inputs keep the closed form.
     """
 
     name: str
@@ -106,6 +142,12 @@ class Dialect:
     reduction: Reduction = "float64"
     reduction_threads: int | None = None
     training_inverse_root: InverseRoot = "inference"
+    running_form: RunningForm = "exact"
+    running_weights: RunningWeights = "separate"
+    running_bessel: RunningBessel = "float64"
+    running_var_accumulation: RunningAccumulation = "native"
+    running_storage: RunningStorage = "parameters"
+    gradient: Gradient = "closed_form"
     precision: Precision = "native"
     scale_form: ScaleForm = "reciprocal"
     elementwise: Elementwise = "affine"

@@ -29,8 +29,16 @@ def _tf_keras_paths(*extra: tuple[str, object]) -> tuple[Path, ...]:
 
     All of them store the Bessel-corrected (unbiased) variance. Batch statistics: rank 4 sums as oneDNN's
     batch_normalization_forward (reduction "onednn"), rank 5 as TF's own Eigen kernel ("eigen-fused").
+    Running statistics: the kernel's (1 - f) * r + f * b with f = float32(1 - momentum) (tf_keras
+    passes exponential_avg_factor = 1 - momentum), the variance's factor float(n) / float(n - 1) joining
+    f; bit for bit on every fused parity case.
     """
-    fused = (("running_variance", "unbiased"), *extra)
+    running = (
+        ("running_form", "lerp"),
+        ("running_weights", "complement_first"),
+        ("running_bessel", "weight"),
+    )
+    fused = (("running_variance", "unbiased"), *running, *extra)
     onednn = (*fused, ("reduction", "onednn"))
     quotient = (*onednn, ("elementwise", "centered"), ("scale_form", "quotient"))
     return (
@@ -73,6 +81,10 @@ TORCH = Dialect(
     statistics_precision="float64",
     reduction="torch-batchnorm",
     training_inverse_root="float64",
+    running_form="lerp",
+    running_weights="momentum_first",
+    running_bessel="sum",
+    running_var_accumulation="acc_type",
     elementwise="fma",
     refuses_nonpositive_eps_in_training=True,
     refuses_single_value_in_training=True,
@@ -89,6 +101,9 @@ ONNX = Dialect(
     momentum_side="old",
     axis=1,
     running_variance="biased",
+    running_form="lerp",
+    running_weights="momentum_first",
+    running_storage="input",
     elementwise="ratio",
     reduction="numpy",
     parameter_names=("scale", "B", "input_mean", "input_var"),
@@ -100,6 +115,7 @@ ONNXRUNTIME = ONNX.derive(
     framework="onnxruntime 1.32 (CPU)",
     elementwise="affine",
     reduction="onnxruntime",
+    running_storage="parameters",
     source="microsoft/onnxruntime onnxruntime/core/providers/cpu/nn/batch_norm.h",
 )
 
@@ -109,6 +125,7 @@ KERAS3_TENSORFLOW = Dialect(
     **_KERAS,  # type: ignore[arg-type]
     rsqrt="tensorflow",
     reduction="eigen",
+    running_form="lerp",
     source="keras-team/keras keras/src/backend/tensorflow/nn.py (tf.nn.moments, tf.nn.batch_normalization)",
 )
 
@@ -137,6 +154,7 @@ TF_KERAS = Dialect(
     **_KERAS,  # type: ignore[arg-type]
     rsqrt="tensorflow",
     reduction="eigen",
+    running_form="delta",
     paths=_tf_keras_paths(),
     path="unfused",
     source="keras-team/tf-keras tf_keras/layers/normalization/batch_normalization.py; "
@@ -170,6 +188,8 @@ FLAX = Dialect(
     elementwise="centered",
     rsqrt="xla",
     reduction="xla",
+    running_form="lerp",
+    gradient="autodiff",
     promote_output=True,
     parameter_names=("scale", "bias", "mean", "var"),
     source="google/flax flax/linen/normalization.py (_compute_stats, _normalize)",

@@ -46,19 +46,39 @@ _RSQRT = {
 
 _REDUCTION = {
     "float64": "float64 accumulators, rounded once",
-    "numpy": "NumPy's float32 sums (ONNX's reference evaluator)",
+    "numpy": "NumPy's pairwise float32 sums (ONNX's reference evaluator)",
     "torch-batchnorm": "PyTorch's batch-norm kernel: float64 per channel (NCHW), float32 per-thread partial "
     "sums (channels-last, 2-D)",
     "torch-reduce": "torch.mean's float32 cascade sum",
-    "onnxruntime": "onnxruntime's float32 loops",
+    "onnxruntime": "Eigen float32 column sums in 4-float packets, the unaligned head last",
     "eigen": "TensorFlow's float32 Eigen reductions (8-lane packets)",
     "eigen-fused": "TensorFlow's fused kernel without oneDNN: float32, 8-lane packets, mean = sum * (1/n)",
     "onednn": "oneDNN's float32 batch-norm kernels (per layout and channel count)",
     "xla": "XLA CPU and YNNPACK float32 trees, mean = sum * (1/n)",
 }
+_RUNNING_FORM = {
+    "exact": "a*r + w*b in float64, rounded once",
+    "lerp": "fl(fl(a*r) + fl(w*b))",
+    "delta": "fl(r - fl(fl(r - b)*w))",
+}
+_RUNNING_WEIGHTS = {
+    "separate": "fl(p) and fl(1 - p), both from the float64 p",
+    "momentum_first": "fl(p), then 1 - fl(p)",
+    "complement_first": "fl(1 - p), then 1 - fl(1 - p)",
+}
+_RUNNING_BESSEL = {
+    "float64": "var*n/(n-1) in float64",
+    "weight": "(w*fl(n/(n-1)))*var, n/(n-1) a float32 division",
+    "sum": "fl(var_sum/(n-1)), var_sum = fl(var*n)",
+}
 _INVERSE_ROOT = {
     "inference": "as inference forms it",
     "float64": "1/sqrt(v + eps) in float64, eps as given, rounded once",
+}
+
+_GRADIENT = {
+    "closed_form": "closed form in float64, rounded once",
+    "autodiff": "the framework's autodiff of its forward graph, op by op in float32",
 }
 
 Cell = Callable[[Dialect], str]
@@ -93,6 +113,25 @@ def _refuses(d: Dialect) -> str:
         ("one value per channel", d.refuses_single_value_in_training),
     ]
     return ", ".join(rule for rule, on in rules if on) or "-"
+
+
+def _running_update(d: Dialect) -> str:
+    text = f"`{_RUNNING_FORM[d.running_form]}`"
+    if d.running_form != "exact":
+        text += f"; weights {_RUNNING_WEIGHTS[d.running_weights]}"
+    if d.running_var_accumulation == "acc_type":
+        text += "; variance's batch term and sum in float64 (float32 for half x)"
+    return text
+
+
+def _running_bessel(d: Dialect) -> str:
+    if d.running_variance != "unbiased":
+        return "-"
+    return "`" + _RUNNING_BESSEL["float64" if d.running_form == "exact" else d.running_bessel] + "`"
+
+
+def _running_storage(d: Dialect) -> str:
+    return "x's dtype" if d.running_storage == "input" else "the moving statistics' dtype"
 
 
 def _ordering(d: Dialect) -> str:
@@ -142,6 +181,10 @@ TRAINING: tuple[tuple[str, Cell], ...] = (
     ("summed by", lambda d: _REDUCTION.get(d.reduction, d.reduction)),
     ("threads of the tree", _threads),
     ("scale in training", lambda d: _INVERSE_ROOT[d.training_inverse_root]),
+    ("running update", _running_update),
+    ("Bessel factor", _running_bessel),
+    ("running stored as", _running_storage),
+    ("backward", lambda d: _GRADIENT[d.gradient]),
 )
 SOURCES: tuple[tuple[str, Cell], ...] = (("framework", lambda d: d.framework), ("source", lambda d: d.source))
 
@@ -232,7 +275,9 @@ def render(dialects: Sequence[Dialect] | None = None) -> str:
         "How each framework sums the batch mean and variance: in float32 the result is the rounding of "
         "its own reduction tree, emulated operation by operation (`batchnorm/_reductions`). Where the "
         "tree splits work among threads, the dialect follows the framework's default thread count on "
-        "this machine; `derive(reduction_threads=...)` sets another.",
+        "this machine; `derive(reduction_threads=...)` sets another. The running statistics update "
+        "with `a` the weight of the old value `r`, `w` that of the batch statistic `b`, from the momentum "
+        "`p` as given (`batchnorm/_running.py`).",
         "",
         *_table(ds, TRAINING),
         "",

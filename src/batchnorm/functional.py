@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels, _reductions, _validate
+from . import _gradients, _kernels, _reductions, _running, _validate
 from ._arithmetic import coefficients, compute_dtype
 from ._errors import BatchNormError, BatchNormWarning, FrameworkRuleError
 from ._layout import Layout, plan
@@ -278,7 +278,8 @@ def update_running(
     dialect: str | Dialect = "exact",
     num_batches: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The moving statistics after one batch, as new arrays of the moving arrays' dtype.
+    """The moving statistics after one batch, as new arrays of the moving arrays' dtype (the input's
+    where the dialect stores them there: ONNX's reference evaluator).
 
     With ``momentum`` weighing the old value (exact, Keras, ONNX, Flax)::
 
@@ -290,7 +291,9 @@ def update_running(
 
     The variance stored is the batch variance (``"biased"``) or its Bessel correction
     ``var * n / (n - 1)`` (``"unbiased"``, PyTorch and tf-keras' fused path); with n = 1 the
-    correction is undefined and the biased value is stored. Computed in float64, rounded once.
+    correction is undefined and the biased value is stored. The exact dialect computes in float64 and
+    rounds once; the framework dialects round as the framework does (``Dialect.running_form`` and its
+    companions, :mod:`batchnorm._running`), and store in the dtype ``Dialect.running_storage`` names.
     """
     d = get(dialect)
     if d.name == batch.dialect.name:
@@ -299,25 +302,27 @@ def update_running(
     r_mean = _validate.channel_parameter(moving_mean, "moving_mean", shape)
     r_var = _validate.variance(moving_var, shape, name="moving_var")
     rule = _validate.momentum(d.momentum if momentum is None else momentum)
-    weight_new = _new_batch_weight(d, rule, num_batches)
-    n = batch.count
-    bessel = n / (n - 1) if d.running_variance == "unbiased" and n > 1 else 1.0
-    new_mean = (1.0 - weight_new) * r_mean.astype(np.float64) + weight_new * batch.mean.astype(np.float64)
-    batch_var = batch.var.astype(np.float64) * bessel
-    new_var = (1.0 - weight_new) * r_var.astype(np.float64) + weight_new * batch_var
-    return round_once(new_mean, r_mean.dtype), round_once(new_var, r_var.dtype)
+    given, side = _momentum_weight(d, rule, num_batches)
+    n = batch.count if d.running_variance == "unbiased" else None
+    new_mean = _running.update(d, r_mean, batch.mean, given, side)
+    new_var = _running.update(d, r_var, batch.var, given, side, count=n, input_dtype=batch.y.dtype)
+    mean_dtype, var_dtype = r_mean.dtype, r_var.dtype
+    if d.running_storage == "input":
+        mean_dtype = var_dtype = batch.y.dtype
+    return round_once(new_mean, mean_dtype), round_once(new_var, var_dtype)
 
 
-def _new_batch_weight(d: Dialect, momentum: float | str, num_batches: int | None) -> float:
+def _momentum_weight(d: Dialect, momentum: float | str, num_batches: int | None) -> tuple[float, str]:
+    """(the float64 weight the framework is given, the side it weighs: "old" or "new")."""
     if momentum == "cumulative":
         if not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1:
             raise BatchNormError(
                 f"momentum='cumulative' needs num_batches >= 1 (batches seen, this one included); "
                 f"got {num_batches!r}. Pass num_batches=layer.num_batches_tracked + 1"
             )
-        return 1.0 / num_batches
+        return 1.0 / num_batches, "new"
     assert isinstance(momentum, float)
-    return momentum if d.momentum_side == "new" else 1.0 - momentum
+    return momentum, d.momentum_side
 
 
 def backward(
@@ -342,7 +347,9 @@ def backward(
         dx     = gamma * inv * dy                                     (inference: fixed statistics)
 
     In training, ``mean`` and ``var`` are the batch statistics the forward pass normalized with
-    (``BatchResult.mean``, ``BatchResult.var``). Computed in float64; dx has the dtype of ``x``,
+    (``BatchResult.mean``, ``BatchResult.var``). Computed in float64 (``Dialect.gradient`` "closed_form");
+    a dialect with ``gradient="autodiff"`` (Flax) instead runs its framework's autodiff of the forward
+    graph in float32, operation by operation (:mod:`batchnorm._gradients`). dx has the dtype of ``x``,
     dgamma and dbeta the dtype of ``gamma`` (of ``mean`` when gamma is None).
     """
     p = _prepare(x, axis, eps, dialect)
@@ -365,6 +372,18 @@ def backward(
     else:  # the training step's own rounded 1 / sqrt(var + eps) (PyTorch's save_invstd)
         inv = saved.astype(np.float64)
     x3, dy3 = layout.input3(p.x), layout.input3(dy_arr)
+    grad_dtype = (g if g is not None else m).dtype
+    if _gradients.applies(p.dialect, p.x.dtype):
+        dx, dx3 = layout.new_output(p.x.dtype)
+        g_flat = None if g is None else layout.flat_channels(g)
+        v_f = layout.flat_channels(v)
+        args = (p.dialect, dy3, x3, mean_f, v_f, g_flat, p.eps)
+        dgamma, dbeta = _gradients.autodiff(*args, training=training, shape=layout.memory_shape, out3=dx3)
+        return (
+            dx,
+            layout.unflat_channels(dgamma).astype(grad_dtype),
+            layout.unflat_channels(dbeta).astype(grad_dtype),
+        )
     dbeta, dy_xmu = _kernels.grad_sums(dy3, x3, mean_f)
     dgamma = dy_xmu * inv
     a = g_f.astype(np.float64) * inv
@@ -374,7 +393,6 @@ def backward(
         k, c = -a * inv * dgamma / n, -a * dbeta / n
     dx, dx3 = layout.new_output(p.x.dtype)
     _kernels.grad_input(dy3, x3, mean_f, a, k, c, dx3)
-    grad_dtype = (g if g is not None else m).dtype
     return (
         dx,
         round_once(layout.unflat_channels(dgamma), grad_dtype),

@@ -64,11 +64,13 @@ def _compiled() -> bool:
 
 
 def _moments_numpy(x3: np.ndarray, variance: str) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy's own calls, as the reference evaluator makes them (on x3's memory, in its order)."""
-    mean = np.asarray(x3.mean(axis=_REDUCE))
-    if variance == "two_pass":
-        return mean, np.asarray(x3.var(axis=_REDUCE))
-    return mean, np.asarray(np.square(x3).mean(axis=_REDUCE)) - mean * mean
+    """NumPy's own calls, as the reference evaluator makes them (on x3's memory, in its order); a
+    float16 sum that overflows gives inf there too."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = np.asarray(x3.mean(axis=_REDUCE))
+        if variance == "two_pass":
+            return mean, np.asarray(x3.var(axis=_REDUCE))
+        return mean, np.asarray(np.square(x3).mean(axis=_REDUCE)) - mean * mean
 
 
 def _moments_compiled(x3: np.ndarray, variance: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,168 @@
+"""The backward pass as a framework's autodiff computes it: ``Dialect.gradient = "autodiff"``.
+
+The closed form (``gradient="closed_form"``, :func:`batchnorm.functional.backward`) writes
+``dx = g inv (dy - mean(dy) - xh mean(dy xh))`` in float64 from the batch statistics. Flax does not: its
+dx is jax's reverse-mode autodiff of the forward graph it runs (flax/linen/normalization.py
+``_compute_stats`` with ``use_fast_variance=True`` and ``_normalize``)::
+
+    mean = S(x) / n                       mean2 = S(x * x) / n
+    var  = max(0, mean2 - mean * mean)
+    y    = (x - mean) * (rsqrt(var + eps) * g) + b
+
+and the gradient reaches x through three paths: ``x - mean`` directly, E[x] (-2 mean / n per value)
+and E[x^2] (2 x / n per value). At x = 1e4 + randn the last two are ~2e4 / n each and cancel, in
+float32, to the O(1 / n) term the closed form computes directly: dx then carries the float32 rounding
+of ~2e4 / n terms, which no float64 formula reproduces. This module runs the same operations, each
+rounded in float32, in the order jax's transposed graph runs them eagerly (jax 0.10.2: one XLA program
+per primitive, ``jax.vjp`` as tests/parity/run_flax.py takes it; the sequence read off
+``jax.make_jaxpr`` of the vjp and the programs XLA compiled for it)::
+
+    inv = rsqrt(var + eps)      s = inv * g                     (forward residuals, as y used them)
+    dbeta  = S(dy)                                              reduce_sum
+    t      = S(fl((x - mean) * dy))          dgamma = fl(inv * t)
+    u      = fl(dy * s)                                         the cotangent of x - mean
+    dvar   = fl(fl(t * g) * fl(-0.5 * fl(inv / (var + eps))))   d rsqrt(v) = -0.5 rsqrt(v) / v
+    d2     = fl(dvar * slope)            slope = d max(0, o) / do: 1 (o > 0), 1/2 (o == 0), 0 (o < 0)
+    d1     = fl(-S(u) + fl(-d2 * fl(2 mean)))                   the cotangent of E[x]
+    r      = fl(1 / n)
+    dx     = fl(fl(u + fl(d1 * r)) + fl(fl(d2 * r) * fl(2 x)))  float32 input
+    dx     = h(u) + h(fl(fl(d1 * r) + fl(fl(d2 * r) * fl(2 x))))   half input: h() rounds to x's dtype,
+                                                                 the last sum in x's dtype
+
+``S`` is the per-channel float32 sum of the dialect's reduction (:mod:`batchnorm._reductions.xla` for
+``reduction="xla"``: each reduce_sum is its own XLA program, summed by the same tree as the forward
+statistics). The transposed means divide by n (eager ``div`` by a float32 scalar), which XLA turns
+into the product by fl(1 / n), as in the forward mean (measured: every n from 1 to 299 and seven larger
+ones give the product's bits, where a true division differs for all but 10 of them). rsqrt is the
+dialect's (:func:`batchnorm._arithmetic.reciprocal_root`).
+Without a scale, ``s = inv`` and ``fl(t * g)`` is ``t``. In inference (fixed statistics) only
+``u`` reaches x: dx = h(u).
+
+``mean`` and ``var`` are the forward's batch statistics (bit-exact from ``normalize_batch``). The clamp's
+slope needs the unclamped ``o = mean2 - mean^2`` only where ``var == 0``; it is recomputed there. The
+form applies to the fast variance (``variance`` "sum_of_squares" or "sum_of_squares_clamped") and to
+float32 and half inputs; float64 inputs (JAX's x64 mode) and the two-pass variance, whose gradient does
+not cancel, keep the closed form (the caller decides: :func:`applies`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels, _reductions
+from ._arithmetic import reciprocal_root
+from ._dialect import Dialect
+
+__all__ = ["applies", "autodiff"]
+
+_F32 = np.float32
+
+
+def applies(dialect: Dialect, x_dtype: np.dtype) -> bool:
+    """True where ``dialect``'s backward follows its framework's autodiff (this module)."""
+    return (
+        dialect.gradient == "autodiff"
+        and dialect.variance != "two_pass"
+        and dialect.precision == "native"
+        and np.dtype(x_dtype) != np.float64
+    )
+
+
+def autodiff(
+    dialect: Dialect,
+    dy3: np.ndarray,
+    x3: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    gamma: np.ndarray | None,
+    eps: float,
+    *,
+    training: bool,
+    shape: tuple[int, ...],
+    out3: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """dx into ``out3`` (x's dtype) and float32 (dgamma, dbeta), as the module docstring computes them.
+
+    ``dy3``, ``x3``: (outer, C, inner) views; ``mean``, ``var``, ``gamma``: flat per channel (C,);
+    ``eps`` the effective epsilon; ``shape`` the input's shape in memory order (for the reduction tree).
+    """
+    f = _F32
+    outer, channels, inner = x3.shape
+    n = outer * inner
+
+    def per_channel(a: np.ndarray) -> np.ndarray:
+        return a.reshape(1, channels, 1)
+
+    def total(a: np.ndarray) -> np.ndarray:
+        return _channel_sum(dialect, a, shape)
+
+    m = np.asarray(mean, f)
+    v = np.asarray(var, f)
+    xf = x3.astype(f, copy=False)
+    dyf = dy3.astype(f, copy=False)
+    with np.errstate(all="ignore"):
+        shifted = v + f(eps)
+        inv = reciprocal_root(dialect, shifted)
+        s = inv if gamma is None else inv * gamma.astype(f)
+        dbeta = total(dyf)
+        work = np.subtract(xf, per_channel(m), dtype=f)  # two full-size float32 buffers, reused in place
+        work *= dyf
+        t = total(work)
+        dgamma = inv * t
+        u = np.multiply(dyf, per_channel(s), dtype=f)
+        if not training:
+            out3[...] = u
+            return dgamma, dbeta
+        tg = t if gamma is None else t * gamma.astype(f)
+        d2 = (tg * (f(-0.5) * (inv / shifted))) * _clamp_slope(dialect, x3, v, shape)
+        d1 = -total(u) + (-d2) * (f(2) * m)
+        reciprocal = f(1) / f(n)
+        c1 = per_channel(d1 * reciprocal)
+        c2 = per_channel(d2 * reciprocal)
+        np.multiply(xf, f(2), out=work)
+        work *= c2  # the path through E[x^2]: fl(c2 * fl(2 x))
+        if out3.dtype == np.float32:
+            u += c1
+            np.add(u, work, out=out3)
+        else:  # each path's cotangent converted to x's dtype, then added there
+            work += c1
+            np.add(u.astype(out3.dtype), work.astype(out3.dtype), out=out3)
+    return dgamma, dbeta
+
+
+def _channel_sum(dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The per-channel float32 sum of the (outer, C, inner) float32 ``a3`` by the dialect's reduction:
+    XLA's tree for ``"xla"``; any other reduction: the float64 sum rounded once. One value per channel is
+    returned as is (XLA's simplifier turns a reduce of size-1 dimensions into a reshape: -0 stays -0)."""
+    if a3.shape[0] * a3.shape[2] == 1:
+        return a3.reshape(a3.shape[1]).astype(_F32)
+    if dialect.reduction == "xla":
+        from ._reductions import xla
+
+        a = np.ascontiguousarray(a3, dtype=_F32)
+        start, stop = xla._channel_block(shape, a.shape[0], a.shape[1])
+        threads = xla.intra_op_threads() if dialect.reduction_threads is None else dialect.reduction_threads
+        sums: np.ndarray = xla._sums(a, shape, start, stop, None, threads)[0]
+        return sums
+    return a3.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
+
+
+def _clamp_slope(dialect: Dialect, x3: np.ndarray, var: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """jax's derivative of max(0, o) at each channel's o = E[x^2] - E[x]^2: 1 where o > 0, 1/2 where
+    o == 0 (jax splits a tie evenly), 0 where o < 0; 1 throughout for the unclamped variance."""
+    slope = np.ones(var.shape, _F32)
+    if dialect.variance != "sum_of_squares_clamped" or not (var == 0).any():
+        return slope
+    if dialect.reduction == "float64":
+        _, unclamped = _kernels.moments(x3, "sum_of_squares", np.dtype(_F32))
+    else:
+        _, unclamped = _reductions.moments(
+            dialect.reduction,
+            x3,
+            "sum_of_squares",
+            np.dtype(_F32),
+            shape=shape,
+            threads=dialect.reduction_threads,
+        )
+    slope[var == 0] = np.where(unclamped[var == 0] == 0, _F32(0.5), _F32(0.0))
+    return slope
