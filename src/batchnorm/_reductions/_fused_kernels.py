@@ -52,23 +52,6 @@ def _step(acc, v, m, mode):
 
 
 @_serial
-def _lanes(c0, width):
-    """Channel of each of the eight chains: c0 .. c0 + width - 1, the last repeated (its copies are
-    computed and dropped, so that a narrow group keeps eight independent chains)."""
-    last = c0 + width - 1
-    return (
-        min(c0, last),
-        min(c0 + 1, last),
-        min(c0 + 2, last),
-        min(c0 + 3, last),
-        min(c0 + 4, last),
-        min(c0 + 5, last),
-        min(c0 + 6, last),
-        min(c0 + 7, last),
-    )
-
-
-@_serial
 def _store(out, c0, width, s0, s1, s2, s3, s4, s5, s6, s7):
     sums = (s0, s1, s2, s3, s4, s5, s6, s7)
     for k in range(width):
@@ -78,7 +61,7 @@ def _store(out, c0, width, s0, s1, s2, s3, s4, s5, s6, s7):
 @_serial
 def _narrow_chunk(rows, spatial, n0, n1, s0, s1, mean, mode, out):
     """One chunk of channels-last rows with at most eight channels: a chain per channel in registers."""
-    k0, k1, k2, k3, k4, k5, k6, k7 = _lanes(0, rows.shape[1])
+    k0, k1, k2, k3, k4, k5, k6, k7 = channel_lanes(0, rows.shape[1])
     m0, m1, m2, m3 = mean[k0], mean[k1], mean[k2], mean[k3]
     m4, m5, m6, m7 = mean[k4], mean[k5], mean[k6], mean[k7]
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = out[0]  # +0, out is fresh zeros
