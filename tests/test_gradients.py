@@ -215,3 +215,65 @@ def test_other_reduction_sums_in_float64():
     np.testing.assert_array_equal(dbeta, dy.reshape(-1, 3).sum(axis=0, dtype=np.float64).astype(F))
     closed = _grads(x, dy, gamma, beta, -1, 1e-3, dialect=d.derive("c", gradient="closed_form"))[0]
     np.testing.assert_allclose(dx, closed, rtol=0, atol=1e-4)
+
+
+# -- the fused kernels against the same sequence in NumPy -------------------------------------------
+
+
+def _numpy_sequence(x3, dy3, mean, var, gamma, eps, shape, out_dtype, training=True):
+    """The module docstring's sequence with NumPy float32 arrays (the sums by the dialect's tree)."""
+    c = x3.shape[1]
+    n = x3.shape[0] * x3.shape[2]
+    xf, dyf = x3.astype(F), dy3.astype(F)
+    m, v = mean.astype(F), var.astype(F)
+    shifted = v + F(eps)
+    inv = bn._arithmetic.reciprocal_root(FLAX, shifted)
+    s = inv if gamma is None else inv * gamma
+    dbeta = _gradients._channel_sum(FLAX, dyf, shape)
+    t = _gradients._channel_sum(FLAX, (xf - m.reshape(1, c, 1)) * dyf, shape)
+    u = dyf * s.reshape(1, c, 1)
+    if not training:
+        return u.astype(out_dtype), inv * t, dbeta
+    tg = t if gamma is None else t * gamma
+    d2 = (tg * (F(-0.5) * (inv / shifted))) * _gradients._clamp_slope(FLAX, x3, v, shape)
+    d1 = -_gradients._channel_sum(FLAX, u, shape) + (-d2) * (F(2) * m)
+    r = F(1) / F(n)
+    c1, c2 = (d1 * r).reshape(1, c, 1), (d2 * r).reshape(1, c, 1)
+    paths = c2 * (F(2) * xf)
+    if out_dtype == F:
+        dx = (u + c1) + paths
+    else:
+        dx = u.astype(out_dtype) + (paths + c1).astype(out_dtype)
+    return dx, inv * t, dbeta
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize(("shape", "axis"), [((8, 12, 26, 26), 1), ((8, 26, 26, 12), -1), ((700, 5), -1)])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_fused_kernels_match_the_numpy_sequence(shape, axis, dtype, training):
+    """Large enough for YNNPACK's tree and for parallel chunks (> 2^16 values), both walks of the
+    kernels (channels innermost, rows of one channel); dx, dgamma, dbeta bit for bit."""
+    rng = np.random.default_rng(5)
+    x = (F(100) + rng.normal(0.0, 1.0, shape)).astype(dtype)
+    dy = rng.normal(0.0, 1.0, shape).astype(F)
+    c = shape[axis]
+    gamma = rng.normal(1.0, 0.5, c).astype(F)
+    batch = bn.normalize_batch(x, gamma, None, axis=axis, eps=1e-3, dialect=FLAX)
+    ours = bn.backward(
+        dy, x, gamma, mean=batch.mean, var=batch.var, axis=axis, eps=1e-3, training=training, dialect=FLAX
+    )
+    layout = plan(x, (axis % x.ndim,))
+    x3, dy3 = layout.input3(x), layout.input3(dy)
+    dx3, dgamma, dbeta = _numpy_sequence(
+        x3, dy3, batch.mean, batch.var, gamma, 1e-3, layout.memory_shape, np.dtype(dtype), training
+    )
+    bits = np.uint16 if dtype == np.float16 else np.uint32
+    np.testing.assert_array_equal(layout.input3(ours[0]).view(bits), dx3.view(bits))
+    np.testing.assert_array_equal(ours[1].view(np.uint32), dgamma.view(np.uint32))
+    np.testing.assert_array_equal(ours[2].view(np.uint32), dbeta.view(np.uint32))
+
+
+def test_an_empty_input_has_empty_gradients():
+    x = np.zeros((4, 0), np.float32)
+    dx, dgamma, dbeta = bn.backward(x, x, None, mean=np.zeros(0), var=np.ones(0), axis=1, dialect="flax")
+    assert dx.shape == (4, 0) and dgamma.shape == dbeta.shape == (0,)

@@ -43,6 +43,13 @@ slope needs the unclamped ``o = mean2 - mean^2`` only where ``var == 0``; it is 
 form applies to the fast variance (``variance`` "sum_of_squares" or "sum_of_squares_clamped") and to
 float32 and half inputs; float64 inputs (JAX's x64 mode) and the two-pass variance, whose gradient does
 not cancel, keep the closed form (the caller decides: :func:`applies`).
+
+Speed: the elementwise steps run as fused float32 passes (:mod:`batchnorm._gradient_kernels`), each
+operation rounded as above; the three sums need their terms in memory (the XLA tree of
+:mod:`batchnorm._reductions.xla` takes an array, or the fused (x - m)^2 only), so fl((x - mean) dy) and
+then u are written, one after the other, into one float32 buffer of x's size: dx's own buffer for a float32
+input (written last, from dy and x), else a scratch. Passes over x's size: S(dy), the product, its sum,
+u, its sum, dx: eight reads and three writes where the closed form takes four and one.
 """
 
 from __future__ import annotations
@@ -86,48 +93,56 @@ def autodiff(
     ``dy3``, ``x3``: (outer, C, inner) views; ``mean``, ``var``, ``gamma``: flat per channel (C,);
     ``eps`` the effective epsilon; ``shape`` the input's shape in memory order (for the reduction tree).
     """
+    from . import _gradient_kernels as kernels  # numba: imported on first use
+    from ._kernels.compiled import _chunks, _launch
+
     f = _F32
     outer, channels, inner = x3.shape
     n = outer * inner
 
-    def per_channel(a: np.ndarray) -> np.ndarray:
-        return a.reshape(1, channels, 1)
-
     def total(a: np.ndarray) -> np.ndarray:
         return _channel_sum(dialect, a, shape)
 
-    m = np.asarray(mean, f)
+    m = np.ascontiguousarray(mean, f)  # the kernels' per-channel arrays: contiguous float32
     v = np.asarray(var, f)
-    xf = x3.astype(f, copy=False)
-    dyf = dy3.astype(f, copy=False)
+    xf = _flat32(x3)
+    dyf = _flat32(dy3)
+    # the one float32 scratch of x's size: dx's own buffer where dx is float32 (it is written last)
+    direct = out3.dtype == f and out3.flags.c_contiguous
+    scratch = out3.reshape(-1) if direct else np.empty(x3.size, f)
+    work = scratch.reshape(x3.shape)
+    args = (channels, inner, _chunks(outer * channels, x3.size))
     with np.errstate(all="ignore"):
         shifted = v + f(eps)
         inv = reciprocal_root(dialect, shifted)
-        s = inv if gamma is None else inv * gamma.astype(f)
-        dbeta = total(dyf)
-        work = np.subtract(xf, per_channel(m), dtype=f)  # two full-size float32 buffers, reused in place
-        work *= dyf
+        s = np.ascontiguousarray(inv if gamma is None else inv * gamma.astype(f), f)
+        dbeta = total(dyf.reshape(x3.shape))
+        _launch(kernels.centered_product, xf, dyf, m, scratch, *args)
         t = total(work)
         dgamma = inv * t
-        u = np.multiply(dyf, per_channel(s), dtype=f)
+        _launch(kernels.scaled, dyf, s, scratch, *args)  # u = fl(dy * s)
         if not training:
-            out3[...] = u
+            if not direct:
+                out3[...] = work
             return dgamma, dbeta
         tg = t if gamma is None else t * gamma.astype(f)
         d2 = (tg * (f(-0.5) * (inv / shifted))) * _clamp_slope(dialect, x3, v, shape)
-        d1 = -total(u) + (-d2) * (f(2) * m)
+        d1 = -total(work) + (-d2) * (f(2) * m)
         reciprocal = f(1) / f(n)
-        c1 = per_channel(d1 * reciprocal)
-        c2 = per_channel(d2 * reciprocal)
-        np.multiply(xf, f(2), out=work)
-        work *= c2  # the path through E[x^2]: fl(c2 * fl(2 x))
-        if out3.dtype == np.float32:
-            u += c1
-            np.add(u, work, out=out3)
+        c1 = np.ascontiguousarray(d1 * reciprocal, f)
+        c2 = np.ascontiguousarray(d2 * reciprocal, f)
+        if direct:  # fl(fl(u + c1) + fl(c2 * fl(2 x))), u recomputed from dy
+            _launch(kernels.input_gradient, xf, dyf, s, c1, c2, scratch, *args)
         else:  # each path's cotangent converted to x's dtype, then added there
-            work += c1
-            np.add(u.astype(out3.dtype), work.astype(out3.dtype), out=out3)
+            paths = np.empty(x3.size, f)
+            _launch(kernels.paths, xf, c1, c2, paths, *args)
+            np.add(work.astype(out3.dtype), paths.reshape(x3.shape).astype(out3.dtype), out=out3)
     return dgamma, dbeta
+
+
+def _flat32(a3: np.ndarray) -> np.ndarray:
+    """The values of ``a3`` as a flat C-contiguous float32 array (no copy where it is one already)."""
+    return np.ascontiguousarray(a3, dtype=_F32).reshape(-1)
 
 
 def _channel_sum(dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -373,7 +373,7 @@ def backward(
         inv = saved.astype(np.float64)
     x3, dy3 = layout.input3(p.x), layout.input3(dy_arr)
     grad_dtype = (g if g is not None else m).dtype
-    if _gradients.applies(p.dialect, p.x.dtype):
+    if p.x.size and _gradients.applies(p.dialect, p.x.dtype):  # empty: nothing to differentiate
         dx, dx3 = layout.new_output(p.x.dtype)
         g_flat = None if g is None else layout.flat_channels(g)
         v_f = layout.flat_channels(v)
