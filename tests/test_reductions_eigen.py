@@ -115,9 +115,12 @@ def reference(x3: np.ndarray, variance: str, vector_bytes: int = 32, threads: in
 SHAPES = {
     "planes": (5, 11, 37),  # NCHW: for b: for a, a group of 8 channels and 3 more
     "planes-16": (3, 16, 300),  # two whole groups, tiles of 256 and a remainder
+    "planes-wide": (2, 37, 261),  # float32: three groups of 16 lanes (the last clamped), blocks of 128
+    # columns, 4-column transposes and one column left over
     "rows": (37, 13, 1),  # channels last: 8 channels in packets (4 accumulators), 5 one by one
     "rows-short": (9, 20, 1),  # fewer than 16 rows: packets summed row after row
     "rows-narrow": (40, 3, 1),  # no whole packet
+    "rows-wide": (203, 136, 1),  # float32: 64 + 64 + 8 channels in registers, two blocks of rows, 3 left
     "inner": (1, 5, 203),  # batch of one: one leaf per channel, packets and scalars
     "inner-tree": (1, 3, 20001),  # above 8 * 1024 values: the tree, splits aligned from the start
     "full": (7, 1, 77),  # one channel: a full reduction
@@ -155,7 +158,7 @@ def test_matches_reference_float64(name):
 
 
 @pytest.mark.parametrize("half", [np.float16, ml_dtypes.bfloat16])
-@pytest.mark.parametrize("name", ["planes", "rows", "inner"])
+@pytest.mark.parametrize("name", ["planes", "planes-wide", "rows", "rows-wide", "inner", "full"])
 def test_half_inputs_sum_in_float32(half, name):
     x3 = _data(SHAPES[name], 100.0, half, seed=2)
     mean, var = eigen.moments(x3, "two_pass", np.dtype(np.float32))
@@ -198,6 +201,15 @@ def test_the_order_matters_here():
         in_row_order = in_row_order + row
     assert not np.array_equal(mean, exact)
     assert not np.array_equal(mean, in_row_order / np.float32(64))
+
+
+@pytest.mark.parametrize("variance", ["two_pass", "sum_of_squares"])
+def test_strided_input_sums_like_its_contiguous_copy(variance):
+    """A view that is not C-contiguous (a channel slice) sums as its values in C order."""
+    x3 = _data((4, 40, 21), 1e4, np.float32, seed=8)[:, ::2, :]
+    mean, var = eigen.moments(x3, variance, np.dtype(np.float32))
+    want_mean, want_var = reference(np.ascontiguousarray(x3), variance)
+    assert _same(mean, want_mean) and _same(var, want_var)
 
 
 def test_constant_channel_two_pass_is_exact():

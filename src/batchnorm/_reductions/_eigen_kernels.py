@@ -1,6 +1,7 @@
 """Compiled (numba) kernels of :mod:`batchnorm._reductions.eigen`: Eigen's Sum trees, operation by operation.
 
-Imported lazily by :mod:`.eigen`. Every sum runs in the array's dtype (float32 or float64) with one
+Imported lazily by :mod:`.eigen`. Every sum runs in float32 (float32, float16 and bfloat16 inputs, the
+halves read as uint16 / int16 storage and widened on load, no converted copy) or float64, with one
 accumulator per Eigen accumulator: packet lanes are explicit arrays of ``lanes`` values added lane by
 lane, so nothing is reassociated (no ``fastmath``). A sum adds up v (the mean's sum) or, for the
 variance, (v - m) * (v - m), TensorFlow's SquaredDifference rounded per operation; the hot loops are
@@ -9,29 +10,40 @@ written once per term so that no branch sits in them.
 The layouts (see :mod:`.eigen` for when each applies):
 
 - planes (A, C, B), reduced over A and B: one scalar accumulator per channel, ``for b: for a``
-  (Eigen's GenericDimReducer); eight channels at a time so that their chains interleave, read through
-  a small tile copied from contiguous rows.
+  (Eigen's GenericDimReducer). float32: 16 channels' chains in the 16 lanes of a vector, blocks of
+  columns transposed into a tile (:func:`_transpose`) whose columns are then added in order
+  (:func:`_chain`); float64: eight scalar chains at a time.
 - rows (R, C), reduced over R: channels in whole packets take four packet accumulators that the rows
   visit in turn (row j to accumulator j % 4) when R >= 16, summed ((a0 + a1) + a2) + a3, the last
   R % 4 rows then added to it (InnerMostDimPreserver); other channels sum the rows one after another.
+  float32: up to 64 channels' accumulators in vector registers over a block of rows at a time.
 - inner (C, B), reduced over B: the pairwise tree of :func:`tree_sum` per channel.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
-IDENTITY, SQUARED_DIFFERENCE = 0, 1
+from .._kernels.compiled import _as, _load
+
+IDENTITY, SQUARED_DIFFERENCE, SQUARE = 0, 1, 2
 
 _serial = njit(nogil=True, cache=True, error_model="numpy")
 _parallel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 
 
 @_serial
-def _term(v, m, mode):
+def _term(x, i, m, mode):
+    """The term of x[i] (float32 for float16 / bfloat16 storage, else x's dtype): v, (v - m)^2 or v^2."""
+    v = _load(x[i], m)
     if mode == IDENTITY:
         return v
+    if mode == SQUARE:
+        return v * v
     d = v - m
     return d * d
 
@@ -51,8 +63,8 @@ def _horizontal_sum(packet):
 @_serial
 def _leaf_sum(x, first, count, lanes, m, mode):
     """Eigen's InnerMostDimReducer (vectorized, no tree) over x[first:first + count]."""
-    acc = np.zeros((4, lanes), x.dtype)
-    scalar = acc[0, 0]  # Eigen's scalar accumulator, a zero of x's dtype
+    acc = np.full((4, lanes), _as(0.0, m))
+    scalar = acc[0, 0]  # Eigen's scalar accumulator, a zero of the sum's dtype
     start = 0
     if count >= 4 * lanes:
         stop4 = count // (4 * lanes) * (4 * lanes)
@@ -60,7 +72,7 @@ def _leaf_sum(x, first, count, lanes, m, mode):
             for k in range(4):
                 base = first + j + k * lanes
                 for lane in range(lanes):
-                    acc[k, lane] += _term(x[base + lane], m, mode)
+                    acc[k, lane] += _term(x, base + lane, m, mode)
         for k in range(1, 4):
             for lane in range(lanes):
                 acc[0, lane] += acc[k, lane]
@@ -69,10 +81,10 @@ def _leaf_sum(x, first, count, lanes, m, mode):
         stop = count // lanes * lanes
         for j in range(start, stop, lanes):
             for lane in range(lanes):
-                acc[0, lane] += _term(x[first + j + lane], m, mode)
+                acc[0, lane] += _term(x, first + j + lane, m, mode)
         start = stop
     for j in range(start, count):
-        scalar += _term(x[first + j], m, mode)
+        scalar += _term(x, first + j, m, mode)
     return scalar + _horizontal_sum(acc[0])
 
 
@@ -94,7 +106,7 @@ def tree_sum(x, first, count, lanes, leaf, m, mode):
     starts = np.empty(64, np.int64)  # the path from the root to the node being summed
     sizes = np.empty(64, np.int64)
     right_pending = np.zeros(64, np.bool_)
-    lefts = np.zeros(64, x.dtype)
+    lefts = np.full(64, _as(0.0, m))
     depth = 0
     starts[0], sizes[0] = first, count
     value = lefts[0]
@@ -134,7 +146,7 @@ def full_sum(x, count, lanes, leaf, threads, m, mode):
         return tree_sum(x, 0, count, lanes, leaf, m, mode)
     block = count // threads
     blocks = count // block if block > 0 else 0
-    total = np.zeros(1, x.dtype)[0]
+    total = _as(0.0, m)
     if blocks * block < count:
         total = tree_sum(x, blocks * block, count - blocks * block, lanes, leaf, m, mode)
     for i in range(blocks):
@@ -223,124 +235,466 @@ def rows_moments(x, bounds, packets, count, two_pass):
     return sums, means, second
 
 
-#: Values per row of a planes tile (eight channels x A rows x TILE values, each row padded by PAD so
-#: that the rows of a tile fall into different cache sets).
-TILE, PAD = 256, 16
-
-
 @_serial
-def _load_tile(x, c0, b0, nb, tile):
-    """tile[a, g, :nb] = x[a, c0 + g, b0:b0 + nb]: contiguous copies, so that the sums below read
-    from cache without the set conflicts of rows a power of two apart."""
-    for a in range(x.shape[0]):
-        for g in range(8):
-            src, dst = x[a, c0 + g, b0 : b0 + nb], tile[a, g]
-            for j in range(nb):
-                dst[j] = src[j]
-
-
-@_serial
-def _planes_sums8(x, c0, tile, out):
-    """Eight channels of x (A, C, B) at once, one scalar chain each: for b: for a."""
-    A, _, B = x.shape
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.zeros(1, x.dtype)[0]
-    for b0 in range(0, B, TILE):
-        nb = min(TILE, B - b0)
-        _load_tile(x, c0, b0, nb, tile)
-        for j in range(nb):
-            for a in range(A):
-                r = tile[a]
-                s0 += r[0, j]
-                s1 += r[1, j]
-                s2 += r[2, j]
-                s3 += r[3, j]
-                s4 += r[4, j]
-                s5 += r[5, j]
-                s6 += r[6, j]
-                s7 += r[7, j]
-    out[c0], out[c0 + 1], out[c0 + 2], out[c0 + 3] = s0, s1, s2, s3
-    out[c0 + 4], out[c0 + 5], out[c0 + 6], out[c0 + 7] = s4, s5, s6, s7
-
-
-@_serial
-def _planes_squared_differences8(x, c0, means, tile, out):
-    """As :func:`_planes_sums8` over (x - mean) * (x - mean)."""
-    A, _, B = x.shape
-    m0, m1, m2, m3 = means[c0], means[c0 + 1], means[c0 + 2], means[c0 + 3]
-    m4, m5, m6, m7 = means[c0 + 4], means[c0 + 5], means[c0 + 6], means[c0 + 7]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.zeros(1, x.dtype)[0]
-    for b0 in range(0, B, TILE):
-        nb = min(TILE, B - b0)
-        _load_tile(x, c0, b0, nb, tile)
-        for j in range(nb):
-            for a in range(A):
-                r = tile[a]
-                d0 = r[0, j] - m0
-                d1 = r[1, j] - m1
-                d2 = r[2, j] - m2
-                d3 = r[3, j] - m3
-                d4 = r[4, j] - m4
-                d5 = r[5, j] - m5
-                d6 = r[6, j] - m6
-                d7 = r[7, j] - m7
-                s0 += d0 * d0
-                s1 += d1 * d1
-                s2 += d2 * d2
-                s3 += d3 * d3
-                s4 += d4 * d4
-                s5 += d5 * d5
-                s6 += d6 * d6
-                s7 += d7 * d7
-    out[c0], out[c0 + 1], out[c0 + 2], out[c0 + 3] = s0, s1, s2, s3
-    out[c0 + 4], out[c0 + 5], out[c0 + 6], out[c0 + 7] = s4, s5, s6, s7
-
-
-@_serial
-def _planes_few(x, c0, c1, means, mode, out):
-    """Fewer than eight channels of x (A, C, B), one scalar chain each: for b: for a."""
-    A, _, B = x.shape
-    acc = np.zeros(c1 - c0, x.dtype)
+def _planes_chains(x, A, C, B, c0, c1, means, mode, out):
+    """Channels c0 <= c < c1 of the flat x (A, C, B), one scalar chain each: for b: for a."""
+    acc = np.full(c1 - c0, _as(0.0, out[0]))
     for b in range(B):
         for a in range(A):
             for c in range(c0, c1):
-                acc[c - c0] += _term(x[a, c, b], means[c], mode)
+                acc[c - c0] += _term(x, (a * C + c) * B + b, means[c], mode)
     out[c0:c1] = acc
 
 
 @_parallel
-def planes_moments(x, bounds, count, two_pass):
-    """As :func:`rows_moments` for x (A, C, B) reduced over A and B, channels in groups of eight."""
-    C = x.shape[1]
+def planes_moments(x, A, C, B, bounds, count, two_pass):
+    """As :func:`rows_moments` for the flat x (A, C, B) reduced over A and B (any dtype), eight chains at
+    a time."""
     sums, means, second = np.zeros(C, x.dtype), np.zeros(C, x.dtype), np.zeros(C, x.dtype)
     for t in prange(bounds.size - 1):
-        c0, c1 = bounds[t], bounds[t + 1]
-        tile = np.empty((x.shape[0], 8, TILE + PAD), x.dtype)
-        while c1 - c0 >= 8:
-            _planes_sums8(x, c0, tile, sums)
-            for c in range(c0, c0 + 8):
-                means[c] = sums[c] / count
-            if two_pass:
-                _planes_squared_differences8(x, c0, means, tile, second)
-            c0 += 8
-        if c0 < c1:
-            _planes_few(x, c0, c1, means, IDENTITY, sums)
+        for c0 in range(bounds[t], bounds[t + 1], 8):
+            c1 = min(c0 + 8, bounds[t + 1])
+            _planes_chains(x, A, C, B, c0, c1, means, IDENTITY, sums)
             for c in range(c0, c1):
                 means[c] = sums[c] / count
             if two_pass:
-                _planes_few(x, c0, c1, means, SQUARED_DIFFERENCE, second)
+                _planes_chains(x, A, C, B, c0, c1, means, SQUARED_DIFFERENCE, second)
     return sums, means, second
 
 
 @_parallel
-def inner_moments(x, lanes, leaf, count, two_pass):
+def inner_moments(x, lanes, leaf, count, mode):
     """As :func:`rows_moments` for x (C, B) reduced over B: a tree per channel, its first value at c * B
     in the flat array (the tree's packet boundaries count from the array's start)."""
     C, B = x.shape
     flat = x.reshape(C * B)
-    sums, means, second = np.zeros(C, x.dtype), np.zeros(C, x.dtype), np.zeros(C, x.dtype)
+    zero = _as(0.0, count)
+    sums, means, second = np.full(C, zero), np.full(C, zero), np.full(C, zero)
     for c in prange(C):
-        sums[c] = tree_sum(flat, c * B, B, lanes, leaf, sums[c], IDENTITY)
+        sums[c] = tree_sum(flat, c * B, B, lanes, leaf, zero, IDENTITY)
         means[c] = sums[c] / count
-        if two_pass:
+        if mode == SQUARED_DIFFERENCE:
             second[c] = tree_sum(flat, c * B, B, lanes, leaf, means[c], SQUARED_DIFFERENCE)
+        elif mode == SQUARE:
+            second[c] = tree_sum(flat, c * B, B, lanes, leaf, zero, SQUARE)
     return sums, means, second
+
+
+# -- float32 SIMD kernels: lanes across independent chains ------------------------------------------------
+#
+# Each lane of a <LANES x float> vector is one channel's float32 chain, added lane-wise in IEEE float32 in
+# the chain's own order: vectors only run independent chains side by side, so the bits are those of the
+# scalar kernels above. float16 and bfloat16 inputs travel as uint16 / int16 storage and are widened to
+# float32 (exactly) as they are loaded; the hot loops are LLVM IR with the accumulators in registers.
+
+# Tuning (Zen 4, 32x64x112x112 NCHW, one thread): blocks of 4 columns transposed (16-byte loads put
+# the rows' high index bits in place, 8 in-lane shuffles per 4 x 4) beat 16 x 16 register transposes;
+# one channel group at a time beats several side by side (fewer rows streamed at once); prefetching each
+# row 128 values ahead into L2 matters most (the hardware does not follow 512 short streams).
+
+#: lanes (channels) per SIMD vector of the float32 kernels (the planes transpose assumes 16).
+LANES = 16
+#: values ahead of the current column that the planes kernel asks the cache to fetch, row by row.
+PREFETCH = 128
+#: the prefetches' locality hint (3: every cache level, 2: L2 and beyond).
+LOCALITY = 2
+#: planes kernel: columns (a multiple of WIDTH) transposed from the rows before their chains are summed.
+COLUMNS = 128
+#: planes kernel: columns per transposed block (4 or 16).
+WIDTH = 4
+#: planes kernel: floats between the columns of a transposed tile beyond its A * LANES values (a
+#: power-of-two distance would map every column to the same few cache sets).
+PAD = 16
+#: rows kernel: values per block of rows that every run of channels reads before the next block.
+ROW_BLOCK = 1 << 14
+
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+_F32 = ir.FloatType()
+_IDENTITY, _CENTERED, _SQUARE = "identity", "centered", "square"
+
+
+def _vector_type(lanes: int) -> ir.VectorType:
+    return ir.VectorType(_F32, lanes)
+
+
+def _data(context, builder, array_type, array):
+    return context.make_array(array_type)(context, builder, array).data
+
+
+def _load_vector(builder, storage, data, index, lanes: int):
+    """``lanes`` consecutive values of ``data`` (float32, float16 or bfloat16 bits) from ``index``, as
+    float32."""
+    element = ir.IntType(16) if storage in (types.uint16, types.int16) else _F32
+    pointer = builder.bitcast(builder.gep(data, [index]), ir.VectorType(element, lanes).as_pointer())
+    v = builder.load(pointer, align=2 if element != _F32 else 4)
+    if storage == types.uint16:
+        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), lanes)), _vector_type(lanes))
+    if storage == types.int16:
+        wide = builder.zext(v, ir.VectorType(_I32, lanes))
+        sixteen = ir.Constant(ir.VectorType(_I32, lanes), [16] * lanes)
+        return builder.bitcast(builder.shl(wide, sixteen), _vector_type(lanes))
+    return v
+
+
+def _store_vector(builder, data, index, value, lanes: int):
+    pointer = builder.bitcast(builder.gep(data, [index]), _vector_type(lanes).as_pointer())
+    builder.store(value, pointer, align=4)
+
+
+def _term_kind(term) -> str | None:
+    """None -> v; a float32 array of means -> (v - m)^2; a boolean -> v * v (None: not a term)."""
+    if isinstance(term, types.NoneType):
+        return _IDENTITY
+    if isinstance(term, types.Array) and term.dtype == types.float32 and term.layout == "C":
+        return _CENTERED
+    if isinstance(term, types.Boolean):
+        return _SQUARE
+    return None
+
+
+def _apply_term(builder, kind: str, v, m):
+    if kind == _CENTERED:
+        d = builder.fsub(v, m)
+        return builder.fmul(d, d)
+    if kind == _SQUARE:
+        return builder.fmul(v, v)
+    return v
+
+
+def _storage_ok(array) -> bool:
+    return (
+        isinstance(array, types.Array)
+        and array.ndim == 1
+        and array.layout == "C"
+        and array.dtype in (types.float32, types.uint16, types.int16)
+    )
+
+
+def _float32_ok(array) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.float32 and array.layout == "C"
+
+
+def _prefetch(builder, data, index):
+    """A hint: fetch the cache line of data[index] (never faults, whatever the address)."""
+    module = builder.module
+    pointer_type = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [pointer_type, _I32, _I32, _I32])
+    function = module.globals.get("llvm.prefetch") or ir.Function(module, fnty, "llvm.prefetch")
+    pointer = builder.bitcast(builder.gep(data, [index]), pointer_type)
+    builder.call(function, [pointer, ir.Constant(_I32, 0), ir.Constant(_I32, LOCALITY), ir.Constant(_I32, 1)])
+
+
+def _mask(*lanes: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(_I32, len(lanes)), list(lanes))
+
+
+def _in_lane(pattern) -> ir.Constant:
+    """A two-vector shuffle of 16 lanes applying ``pattern`` (4 source lanes, 0-3 from the first vector,
+    16-19 from the second) to each 128-bit chunk."""
+    return _mask(*(p + 4 * h for h in range(4) for p in pattern))
+
+
+@intrinsic
+def _transpose(typingctx, x, first, stride, rows, tile, at, step):
+    """tile.flat[at + k * step + g] = x.flat[first + min(g, rows - 1) * stride + k] for g < 16, k < WIDTH:
+    a 16 x WIDTH block of rows ``stride`` apart, transposed; row g >= rows repeats the last row. Also
+    prefetches each row PREFETCH values ahead. float32 ``tile``; indices unchecked.
+
+    With i = 4 h + r and k = 4 u + l: the loads put row (4 h + r) columns 4 u .. 4 u + 3 in the 128-bit
+    chunk h of register 4 u + r (the exchange of the high bits costs no shuffle), then each group of
+    four registers is transposed within the chunks (unpack ps, then unpack pd: 8 shuffles per 4 x 4)."""
+    if not (_storage_ok(x) and _float32_ok(tile)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x_value, first_value, stride_value, rows_value, tile_value, at_value, step_value = args
+        source = _data(context, builder, signature.args[0], x_value)
+        target = _data(context, builder, signature.args[4], tile_value)
+        last = builder.sub(rows_value, ir.Constant(_I64, 1))
+        starts = []
+        for i in range(16):
+            row = builder.select(
+                builder.icmp_signed("<", ir.Constant(_I64, i), rows_value), ir.Constant(_I64, i), last
+            )
+            starts.append(builder.add(first_value, builder.mul(row, stride_value)))
+            if PREFETCH:
+                _prefetch(builder, source, builder.add(starts[i], ir.Constant(_I64, PREFETCH)))
+        registers = []
+        for u in range(WIDTH // 4):
+            for r in range(4):
+                chunks = [
+                    _load_vector(
+                        builder, x.dtype, source, builder.add(starts[4 * h + r], ir.Constant(_I64, 4 * u)), 4
+                    )
+                    for h in range(4)
+                ]
+                low = builder.shuffle_vector(chunks[0], chunks[1], _mask(*range(8)))
+                high = builder.shuffle_vector(chunks[2], chunks[3], _mask(*range(8)))
+                registers.append(builder.shuffle_vector(low, high, _mask(*range(16))))
+        for u in range(WIDTH // 4):
+            r0, r1, r2, r3 = registers[4 * u : 4 * u + 4]
+            t0 = builder.shuffle_vector(r0, r1, _in_lane((0, 16, 1, 17)))
+            t1 = builder.shuffle_vector(r2, r3, _in_lane((0, 16, 1, 17)))
+            t2 = builder.shuffle_vector(r0, r1, _in_lane((2, 18, 3, 19)))
+            t3 = builder.shuffle_vector(r2, r3, _in_lane((2, 18, 3, 19)))
+            columns = (
+                builder.shuffle_vector(t0, t1, _in_lane((0, 1, 16, 17))),
+                builder.shuffle_vector(t0, t1, _in_lane((2, 3, 18, 19))),
+                builder.shuffle_vector(t2, t3, _in_lane((0, 1, 16, 17))),
+                builder.shuffle_vector(t2, t3, _in_lane((2, 3, 18, 19))),
+            )
+            for j, column in enumerate(columns):
+                index = builder.add(at_value, builder.mul(ir.Constant(_I64, 4 * u + j), step_value))
+                _store_vector(builder, target, index, column, 16)
+        return context.get_dummy_value()
+
+    return types.void(x, first, stride, rows, tile, at, step), codegen
+
+
+def _chain_codegen(kind: str, lanes: int):
+    def codegen(context, builder, signature, args):
+        tile_value, first_value, count_value, term_value, acc_value = args
+        tile = _data(context, builder, signature.args[0], tile_value)
+        acc = _data(context, builder, signature.args[4], acc_value)
+        zero = ir.Constant(_I64, 0)
+        slot = cgutils.alloca_once(builder, _vector_type(lanes))
+        builder.store(_load_vector(builder, types.float32, acc, zero, lanes), slot)
+        mean = None
+        if kind == _CENTERED:
+            means = _data(context, builder, signature.args[3], term_value)
+            mean = _load_vector(builder, types.float32, means, zero, lanes)
+        with cgutils.for_range(builder, count_value) as loop:
+            index = builder.add(first_value, builder.mul(loop.index, ir.Constant(_I64, lanes)))
+            v = _apply_term(builder, kind, _load_vector(builder, types.float32, tile, index, lanes), mean)
+            builder.store(builder.fadd(builder.load(slot), v), slot)
+        _store_vector(builder, acc, zero, builder.load(slot), lanes)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _chain(typingctx, tile, first, count, term, acc):
+    """acc[:LANES] += t(tile[first + i * LANES + lane]) for i < count, in order, lane by lane (t: the term,
+    the means, where centered, at term[:LANES]). One chain of additions, the accumulator in a register."""
+    kind = _term_kind(term)
+    if kind is None or not (_float32_ok(tile) and _float32_ok(acc)):
+        return None
+    return types.void(tile, first, count, term, acc), _chain_codegen(kind, LANES)
+
+
+@_serial
+def _planes_pass(x, A, C, B, c0, term, tile, acc):
+    """acc[g] = the chain (for b: for a) of the terms of channel c0 + g < c0 + LANES (channels past C
+    repeat channel C - 1) of the flat x (A, C, B): blocks of COLUMNS columns transposed (column k of a
+    block at tile[k * step + a * LANES + g] = x[a, c0 + g, b0 + k]), then summed column by column; the
+    last B % WIDTH columns one at a time."""
+    acc[:] = np.float32(0.0)
+    step = A * LANES + PAD
+    rows = min(LANES, C - c0)
+    full = B - B % WIDTH
+    for b0 in range(0, full, COLUMNS):
+        nb = min(COLUMNS, full - b0)
+        for a in range(A):
+            first = (a * C + c0) * B + b0
+            for k in range(0, nb, WIDTH):
+                _transpose(x, first + k, B, rows, tile, k * step + a * LANES, step)
+        for k in range(nb):
+            _chain(tile, k * step, A, term, acc)
+    for b in range(full, B):
+        for a in range(A):
+            for g in range(LANES):
+                c = min(c0 + g, C - 1)
+                tile[a * LANES + g] = _load(x[(a * C + c) * B + b], np.float32(0.0))
+        _chain(tile, 0, A, term, acc)
+
+
+@_parallel
+def planes_moments32(x, A, C, B, cuts, count, second, chunks):
+    """Per channel of the flat x (A, C, B) (float32, float16 or bfloat16 storage) reduced over A and B:
+    the float32 sum, the mean sum / count and the second sum (``second``: 0 none, 1 of (v - mean)^2, 2 of
+    v^2). Chunk t takes the channel groups cuts[t] <= group < cuts[t + 1], LANES channels each."""
+    sums = np.zeros(C, np.float32)
+    means = np.zeros(C, np.float32)
+    seconds = np.zeros(C, np.float32)
+    for t in prange(chunks):
+        tile = np.empty(COLUMNS * (A * LANES + PAD), np.float32)
+        acc = np.empty(LANES, np.float32)
+        lane_means = np.empty(LANES, np.float32)
+        for group in range(cuts[t], cuts[t + 1]):
+            c0 = group * LANES
+            width = min(LANES, C - c0)
+            _planes_pass(x, A, C, B, c0, None, tile, acc)
+            for i in range(LANES):
+                lane_means[i] = acc[i] / count
+            sums[c0 : c0 + width] = acc[:width]
+            means[c0 : c0 + width] = lane_means[:width]
+            if second == 1:
+                _planes_pass(x, A, C, B, c0, lane_means, tile, acc)
+            elif second == 2:
+                _planes_pass(x, A, C, B, c0, True, tile, acc)
+            if second:
+                seconds[c0 : c0 + width] = acc[:width]
+    return sums, means, seconds
+
+
+def _rows_codegen(vectors: int, lanes: int, quads: bool, kind: str):
+    parts = 4 if quads else 1
+
+    def codegen(context, builder, signature, args):
+        x_value, first_value, count_value, stride_value, term_value, acc_value, at_value, acc_stride = args
+        source = _data(context, builder, signature.args[0], x_value)
+        acc = _data(context, builder, signature.args[5], acc_value)
+        slots, means, homes = [], [], []
+        for k in range(parts):
+            for v in range(vectors):
+                home = builder.add(
+                    builder.add(at_value, builder.mul(acc_stride, ir.Constant(_I64, k))),
+                    ir.Constant(_I64, v * lanes),
+                )
+                slot = cgutils.alloca_once(builder, _vector_type(lanes))
+                builder.store(_load_vector(builder, types.float32, acc, home, lanes), slot)
+                slots.append(slot)
+                homes.append(home)
+        for v in range(vectors):
+            if kind == _CENTERED:
+                means_data = _data(context, builder, signature.args[4], term_value)
+                index = builder.add(at_value, ir.Constant(_I64, v * lanes))
+                means.append(_load_vector(builder, types.float32, means_data, index, lanes))
+            else:
+                means.append(None)
+        with cgutils.for_range(builder, count_value) as loop:
+            row = builder.add(
+                first_value, builder.mul(builder.mul(loop.index, ir.Constant(_I64, parts)), stride_value)
+            )
+            for k in range(parts):
+                base = builder.add(row, builder.mul(stride_value, ir.Constant(_I64, k)))
+                for v in range(vectors):
+                    index = builder.add(base, ir.Constant(_I64, v * lanes))
+                    t = _apply_term(
+                        builder,
+                        kind,
+                        _load_vector(builder, signature.args[0].dtype, source, index, lanes),
+                        means[v],
+                    )
+                    slot = slots[k * vectors + v]
+                    builder.store(builder.fadd(builder.load(slot), t), slot)
+        for slot, home in zip(slots, homes, strict=True):
+            _store_vector(builder, acc, home, builder.load(slot), lanes)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_rows(vectors: int, lanes: int, quads: bool):
+    @intrinsic
+    def rows(typingctx, x, first, count, stride, term, acc, at, acc_stride):
+        kind = _term_kind(term)
+        if kind is None or not (_storage_ok(x) and _float32_ok(acc)):
+            return None
+        signature = types.void(x, first, count, stride, term, acc, at, acc_stride)
+        return signature, _rows_codegen(vectors, lanes, quads, kind)
+
+    return rows
+
+
+_rows4_4, _rows1_4 = _make_rows(4, LANES, True), _make_rows(4, LANES, False)
+_rows4_1, _rows1_1 = _make_rows(1, LANES, True), _make_rows(1, LANES, False)
+_rows4_half, _rows1_half = _make_rows(1, LANES // 2, True), _make_rows(1, LANES // 2, False)
+
+
+@_serial
+def _rows_run(x, first, count, C, quads, term, acc, c0, c1):
+    """Rows of x (flat, C columns) from ``first``: channels c0 <= c < c1 (a multiple of LANES // 2 wide)
+    add ``count`` groups of four rows into acc[k * C + c] (row 4 i + k), ``quads``, or ``count`` rows
+    one after another into acc[c]; 4 * LANES, then LANES, then LANES // 2 channels at a time, the
+    accumulators in registers."""
+    c = c0
+    while c1 - c >= 4 * LANES:
+        if quads:
+            _rows4_4(x, first + c, count, C, term, acc, c, C)
+        else:
+            _rows1_4(x, first + c, count, C, term, acc, c, C)
+        c += 4 * LANES
+    while c1 - c >= LANES:
+        if quads:
+            _rows4_1(x, first + c, count, C, term, acc, c, C)
+        else:
+            _rows1_1(x, first + c, count, C, term, acc, c, C)
+        c += LANES
+    if c < c1:
+        if quads:
+            _rows4_half(x, first + c, count, C, term, acc, c, C)
+        else:
+            _rows1_half(x, first + c, count, C, term, acc, c, C)
+
+
+@_serial
+def _rows_pass(x, R, C, c0, c1, packets, term, acc, out):
+    """out[c] for c0 <= c < c1: Eigen's sum over the R rows of the flat x (R, C) of the terms of channel c
+    (see the module docstring); acc: scratch of 4 * C float32."""
+    acc[:] = np.float32(0.0)
+    if not packets:  # the last C % lanes channels: rows one after another, scalar
+        for j in range(R):
+            for c in range(c0, c1):
+                acc[c] += _term32(x, j * C + c, term, c)
+        out[c0:c1] = acc[c0:c1]
+        return
+    block = max(4, ROW_BLOCK // C // 4 * 4)
+    start = R // 4 * 4 if R >= 16 else 0
+    for r0 in range(0, start, block):
+        r1 = min(start, r0 + block)
+        _rows_run(x, r0 * C, (r1 - r0) // 4, C, True, term, acc, c0, c1)
+    if start:
+        for c in range(c0, c1):
+            acc[c] = ((acc[c] + acc[C + c]) + acc[2 * C + c]) + acc[3 * C + c]
+    for r0 in range(start, R, block):
+        r1 = min(R, r0 + block)
+        _rows_run(x, r0 * C, r1 - r0, C, False, term, acc, c0, c1)
+    out[c0:c1] = acc[c0:c1]
+
+
+@_serial
+def _term32(x, i, term, c):
+    """The float32 term of x[i] for channel c: v (``term`` None), (v - term[c])^2 (means) or v^2 (True)."""
+    v = _load(x[i], np.float32(0.0))
+    return _scalar_term(v, term, c)
+
+
+def _scalar_term(v, term, c):
+    """v, (v - term[c])^2 or v * v as :func:`_term_kind` reads ``term``."""
+
+
+@overload(_scalar_term)
+def _scalar_term_typed(v, term, c):
+    kind = _term_kind(term)
+    if kind == _IDENTITY:
+        return lambda v, term, c: v
+    if kind == _SQUARE:
+        return lambda v, term, c: v * v
+
+    def centered(v, term, c):
+        d = v - term[c]
+        return d * d
+
+    return centered
+
+
+@_parallel
+def rows_moments32(x, R, C, bounds, packets, count, second, chunks):
+    """As :func:`planes_moments32` for the flat x (R, C) reduced over its rows: chunk t takes the channels
+    bounds[t] <= c < bounds[t + 1], in whole packets where packets[t]."""
+    sums = np.zeros(C, np.float32)
+    means = np.zeros(C, np.float32)
+    seconds = np.zeros(C, np.float32)
+    for t in prange(chunks):
+        c0, c1 = bounds[t], bounds[t + 1]
+        acc = np.empty(4 * C, np.float32)
+        _rows_pass(x, R, C, c0, c1, packets[t], None, acc, sums)
+        for c in range(c0, c1):
+            means[c] = sums[c] / count
+        if second == 1:
+            _rows_pass(x, R, C, c0, c1, packets[t], means, acc, seconds)
+        elif second == 2:
+            _rows_pass(x, R, C, c0, c1, packets[t], True, acc, seconds)
+    return sums, means, seconds
