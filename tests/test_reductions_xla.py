@@ -362,15 +362,6 @@ def test_moments_formulas(dtype, variance):
     np.testing.assert_array_equal(var, want_var)
 
 
-def test_memory_shape_is_read_off_the_viewed_array():
-    steps = np.zeros((3, 8, 16, 32, 32), F)
-    x3 = steps[1].reshape(8, 16, 1024)
-    assert xla.memory_shape(x3) == (8, 16, 32, 32)
-    nhwc = np.zeros((8, 32, 32, 16), F)
-    assert xla.memory_shape(nhwc.reshape(8 * 32 * 32, 16, 1)) == (8, 32, 32, 16)
-    assert xla.memory_shape(np.zeros((6, 5, 4), F)) == (6, 5, 4)  # no view: x3 itself
-
-
 def test_float64_inputs_sum_in_float64():
     x = np.random.default_rng(6).standard_normal((50, 3, 7))
     mean, var = xla.moments(x, "two_pass", np.dtype(np.float64))

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels, _reductions
+from . import _reductions
 from ._arithmetic import reciprocal_root
 from ._dialect import Dialect
 
@@ -156,7 +156,9 @@ def _channel_sum(dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...]) -> np
 
         a = np.ascontiguousarray(a3, dtype=_F32)
         start, stop = xla._channel_block(shape, a.shape[0], a.shape[1])
-        threads = xla.intra_op_threads() if dialect.reduction_threads is None else dialect.reduction_threads
+        threads = (
+            _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
+        )
         sums: np.ndarray = xla._sums(a, shape, start, stop, None, threads)[0]
         return sums
     return a3.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
@@ -168,16 +170,13 @@ def _clamp_slope(dialect: Dialect, x3: np.ndarray, var: np.ndarray, shape: tuple
     slope = np.ones(var.shape, _F32)
     if dialect.variance != "sum_of_squares_clamped" or not (var == 0).any():
         return slope
-    if dialect.reduction == "float64":
-        _, unclamped = _kernels.moments(x3, "sum_of_squares", np.dtype(_F32))
-    else:
-        _, unclamped = _reductions.moments(
-            dialect.reduction,
-            x3,
-            "sum_of_squares",
-            np.dtype(_F32),
-            shape=shape,
-            threads=dialect.reduction_threads,
-        )
+    _, unclamped = _reductions.moments(
+        dialect.reduction,
+        x3,
+        "sum_of_squares",
+        np.dtype(_F32),
+        shape=shape,
+        threads=dialect.reduction_threads,
+    )
     slope[var == 0] = np.where(unclamped[var == 0] == 0, _F32(0.5), _F32(0.0))
     return slope

@@ -208,12 +208,9 @@ def normalize_batch(
     stats_dtype = _statistics_dtype(p)
     x3 = p.layout.input3(p.x)
     d = p.dialect
-    if d.reduction == "float64":
-        mean3, var3 = _kernels.moments(x3, d.variance, stats_dtype)
-    else:
-        mean3, var3 = _reductions.moments(
-            d.reduction, x3, d.variance, stats_dtype, shape=p.layout.memory_shape, threads=d.reduction_threads
-        )
+    mean3, var3 = _reductions.moments(
+        d.reduction, x3, d.variance, stats_dtype, shape=p.layout.memory_shape, threads=d.reduction_threads
+    )
     mean = p.layout.unflat_channels(mean3)
     var = p.layout.unflat_channels(var3)
     _validate.nonzero_denominator(var, p.eps, where="batch variance")

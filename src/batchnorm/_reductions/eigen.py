@@ -46,11 +46,10 @@ NCHW, NHWC, 2-D, rank 3 and 5, N = 1, C = 1 (pool sizes 1 to 4), H*W = 1, odd si
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .._errors import BatchNormError
+from . import process_cpus
 
 __all__ = ["LEAF_SIZE", "VECTOR_BYTES", "full_reduction_threads", "moments"]
 
@@ -64,11 +63,6 @@ ROW_TASK_CHANNELS = 128
 VARIANCES = ("two_pass", "sum_of_squares", "sum_of_squares_clamped")
 #: the second sum each variance takes: 1 of (x - mean)^2, 2 of x^2.
 SECOND = {"two_pass": 1, "sum_of_squares": 2, "sum_of_squares_clamped": 2}
-
-
-def intra_op_threads() -> int:
-    """TensorFlow's default intra-op pool size: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def full_reduction_threads(n: int, itemsize: int, lanes: int, pool: int) -> int:
@@ -94,7 +88,7 @@ def moments(
     ``variance``: "two_pass" is tf.nn.moments; "sum_of_squares" (Keras 3's synchronized moments)
     is Mean(Square(x)) - Square(mean), "sum_of_squares_clamped" that at least 0. ``vector_bytes``: the
     Eigen build's packet size in bytes. ``threads``: the intra-op pool size (default:
-    :func:`intra_op_threads`), which only a single channel's sum uses.
+    :func:`batchnorm._reductions.process_cpus`), which only a single channel's sum uses.
     """
     if variance not in VARIANCES:
         raise BatchNormError(
@@ -110,7 +104,7 @@ def moments(
         x = x.astype(work)
     count = work.type(x.shape[0] * x.shape[2])
     second = SECOND[variance]
-    options = (vector_bytes // work.itemsize, intra_op_threads() if threads is None else threads)
+    options = (vector_bytes // work.itemsize, process_cpus() if threads is None else threads)
     with np.errstate(all="ignore"):
         if count == 1:  # nothing to reduce: TensorFlow copies
             mean = x.reshape(-1).astype(work)

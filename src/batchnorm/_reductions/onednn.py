@@ -38,12 +38,12 @@ inputs only; on a machine without FMA the JIT kernel would not fuse (not emulate
 from __future__ import annotations
 
 import math
-import os
 
 import ml_dtypes
 import numpy as np
 
 from .._errors import BatchNormError
+from . import process_cpus
 
 __all__ = ["moments"]
 
@@ -51,14 +51,6 @@ __all__ = ["moments"]
 JIT_CHANNEL_MULTIPLE = 4
 #: storage the NCHW tiles read as it is (float16 and bfloat16 upcast to float32 in registers).
 _TILED = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32), np.dtype(np.float64))
-
-
-def default_threads() -> int:
-    """TF's intra-op thread count on this machine: the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def balance211(n: int, team: int, member: int) -> tuple[int, int]:
@@ -128,8 +120,8 @@ def moments(
     left out, it is the first dimension of ``shape`` (the input's shape in memory order). With neither,
     every row counts as an image: right for H = W = 1 (and NCHW, which ignores it), and for NHWC only
     where the split happens to agree (2 threads: N = 1, or C % 4 == 0 and N even).
-    ``threads`` is TF's intra-op thread count (None: :func:`default_threads`), ``lanes`` the widest
-    float32 vector of the machine; both matter for channels-last inputs only.
+    ``threads`` is TF's intra-op thread count (None: :func:`batchnorm._reductions.process_cpus`),
+    ``lanes`` the widest float32 vector of the machine; both matter for channels-last inputs only.
     """
     if variance != "two_pass":
         raise BatchNormError(
@@ -155,7 +147,7 @@ def moments(
     if images <= 0 or outer % images:
         raise ValueError(f"images={images} does not divide the {outer} rows of a channels-last input")
     spatial = outer // images
-    parts, fused = chunks(images, spatial, channels, threads or default_threads(), lanes)
+    parts, fused = chunks(images, spatial, channels, threads or process_cpus(), lanes)
     rows = x.reshape(outer, channels)
 
     def chunk_totals(mean: np.ndarray, mode: int) -> np.ndarray:

@@ -29,12 +29,11 @@ and Keras 3 on JAX (keras/src/backend/jax/nn.py ``moments``, float16/bfloat16 fi
 
 The split factors follow the input's own dimensions, not the (outer, C, inner) view: ``shape`` is the
 input's shape in memory order (outer dimensions, channel dimensions, inner dimensions; NCHW as is,
-NHWC as is). Left out, it is read off the array ``x3`` views when that array has the same number of
-values (or is a trailing block of it), else ``x3``'s own shape is used. ``threads`` is XLA's intra-op
-pool size (default: the CPUs this process may run on); it decides which split loops run (a pool of 1
-runs none). Measured bit for bit against jax 0.10.2 on this machine (see tests/test_reductions_xla.py
-and the report of the module's introduction). Under ``jax.jit`` of a whole training step the formulas
-differ (the var's divisor is folded into a product, x * x fuses into its reduce); that is not emulated.
+NHWC as is; left out, ``x3``'s own shape). ``threads`` is XLA's intra-op pool size (default: the CPUs
+this process may run on); it decides which split loops run (a pool of 1 runs none). Measured bit for bit
+against jax 0.10.2 on this machine (see tests/test_reductions_xla.py). Under ``jax.jit`` of a whole
+training step the formulas differ (the var's divisor is folded into a product, x * x fuses into its
+reduce); that is not emulated.
 float64 inputs (JAX's x64 mode) are summed in float64 by :mod:`batchnorm._kernels` instead.
 
 Speed: Flax's S(x) and S(x * x) run the same tiles, so one pass over x sums both; the tiles' kernel calls
@@ -46,11 +45,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import numpy as np
 
-__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "intra_op_threads", "memory_shape", "moments"]
+from . import process_cpus
+
+__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "moments"]
 
 #: Reduces of this many input values or more go to YNNPACK (XLA's ``kMinElements``).
 YNN_MIN_ELEMENTS = 4096
@@ -60,34 +60,6 @@ TILE_VALUES = 32768
 SERIAL_VALUES = 1 << 18
 #: XLA CPU's tree-reduction window.
 WINDOW = 32
-
-
-def intra_op_threads() -> int:
-    """XLA's default intra-op pool size: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def memory_shape(x3: np.ndarray) -> tuple[int, ...]:
-    """The input's shape in memory order, read off the array ``x3`` views (see the module docstring)."""
-    outer, channels, inner = x3.shape
-    base = x3.base
-    while base is not None and isinstance(base, np.ndarray):
-        if base.flags.c_contiguous:
-            dims = tuple(int(d) for d in base.shape)
-            for start in range(len(dims)):  # a trailing block of the base holding exactly x3's values
-                tail = dims[start:]
-                if math.prod(tail) == x3.size and _splits_as(tail, outer, channels, inner):
-                    return tail
-        base = base.base
-    return (outer, channels, inner)
-
-
-def _splits_as(dims: tuple[int, ...], outer: int, channels: int, inner: int) -> bool:
-    for i in range(len(dims) + 1):
-        for j in range(i, len(dims) + 1):
-            if (math.prod(dims[:i]), math.prod(dims[i:j]), math.prod(dims[j:])) == (outer, channels, inner):
-                return True
-    return False
 
 
 def _channel_block(dims: tuple[int, ...], outer: int, channels: int) -> tuple[int, int]:
@@ -117,11 +89,11 @@ def moments(
         result: tuple[np.ndarray, np.ndarray] = _kernels.moments(x3, variance, dtype)
         return result
     outer, C, inner = x3.shape
-    dims = tuple(shape) if shape is not None else memory_shape(x3)
+    dims = tuple(shape) if shape is not None else x3.shape
     if math.prod(dims) != x3.size:
         raise ValueError(f"shape {dims} does not hold the {x3.size} values of x3")
     start, stop = _channel_block(dims, outer, C)
-    pool = intra_op_threads() if threads is None else threads
+    pool = process_cpus() if threads is None else threads
     x = np.ascontiguousarray(x3, dtype=np.float32)
     n = outer * inner
     f32 = np.float32
