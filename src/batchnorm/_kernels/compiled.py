@@ -69,6 +69,8 @@ PARALLEL_MIN = 1 << 16
 _parallel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 _reduction = njit(parallel=True, nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 _scalar = njit(nogil=True, cache=True, error_model="numpy")
+#: helpers called once per row or segment, inlined into the kernel (a call costs as much as a short row)
+_inline = njit(nogil=True, cache=True, error_model="numpy", inline="always")
 
 
 # -- scalar conversions (NumPy's and ml_dtypes' semantics, NaNs included) ------------------------
@@ -311,14 +313,14 @@ def _form(form, x, sh, sc, dv, of, gn):
 # those, but not ``for i in range(lo, hi)`` nor ``out[lo + i]`` inside a parfor (ten times slower).
 
 
-@_scalar
+@_inline
 def _position(it, nseg, C):
     """Work item ``it`` of a row layout: (row, segment j of that row, channel c)."""
     row = it // nseg
     return row, it - row * nseg, row % C
 
 
-@_scalar
+@_inline
 def _segment(row, j, inner, nseg):
     """The flat bounds [lo, hi) of segment j of row ``row`` (rows of ``inner`` values, nseg segments)."""
     if nseg == 1:
@@ -326,7 +328,7 @@ def _segment(row, j, inner, nseg):
     return row * inner + j * inner // nseg, row * inner + (j + 1) * inner // nseg
 
 
-@_scalar
+@_inline
 def _advance(j, row, c, nseg, C):
     """The work item after segment j of row `row` (channel c): no divisions on the way."""
     j += 1
@@ -339,6 +341,46 @@ def _advance(j, row, c, nseg, C):
     return j, row, c
 
 
+@_inline
+def _affine_run(form, xs, ys, s, k, d, o, g):
+    """ys = form(xs) with one channel's coefficients (a run of values of one channel)."""
+    if form == 0:
+        for i in range(len(xs)):
+            ys[i] = _store(_form(0, _load(xs[i], k), s, k, d, o, g), ys)
+    elif form == 1:
+        for i in range(len(xs)):
+            ys[i] = _store(_form(1, _load(xs[i], k), s, k, d, o, g), ys)
+    elif form == 2:
+        for i in range(len(xs)):
+            ys[i] = _store(_form(2, _load(xs[i], k), s, k, d, o, g), ys)
+    elif form == 3:
+        for i in range(len(xs)):
+            ys[i] = _store(_form(3, _load(xs[i], k), s, k, d, o, g), ys)
+    else:
+        for i in range(len(xs)):
+            ys[i] = _store(_form(4, _load(xs[i], k), s, k, d, o, g), ys)
+
+
+@_inline
+def _affine_columns(form, xs, ys, sh, sc, dv, of, gn):
+    """ys = form(xs) along a row of columns, a coefficient per column (channels-last)."""
+    if form == 0:
+        for w in range(len(xs)):
+            ys[w] = _store(_form(0, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+    elif form == 1:
+        for w in range(len(xs)):
+            ys[w] = _store(_form(1, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+    elif form == 2:
+        for w in range(len(xs)):
+            ys[w] = _store(_form(2, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+    elif form == 3:
+        for w in range(len(xs)):
+            ys[w] = _store(_form(3, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+    else:
+        for w in range(len(xs)):
+            ys[w] = _store(_form(4, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+
+
 @_parallel
 def _apply(x, sh, sc, dv, of, gn, form, out, outer, C, inner, nseg, nchunks):
     """out = form(x) over (outer, C, inner). ``inner == 1``: rows of C values, a coefficient per column
@@ -347,58 +389,23 @@ def _apply(x, sh, sc, dv, of, gn, form, out, outer, C, inner, nseg, nchunks):
     items = -(-outer // nseg) if cols else outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
-        row, j, c = _position(it0, nseg, C)
-        for it in range(it0, items * (t + 1) // nchunks):
-            if cols:  # rows it * nseg, ... of C columns, a coefficient per column
-                for r in range(it * nseg, min((it + 1) * nseg, outer)):
-                    xs = x[r * C : (r + 1) * C]
-                    ys = out[r * C : (r + 1) * C]
-                    if form == 0:
-                        for w in range(C):
-                            ys[w] = _store(
-                                _form(0, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys
-                            )
-                    elif form == 1:
-                        for w in range(C):
-                            ys[w] = _store(
-                                _form(1, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys
-                            )
-                    elif form == 2:
-                        for w in range(C):
-                            ys[w] = _store(
-                                _form(2, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys
-                            )
-                    elif form == 3:
-                        for w in range(C):
-                            ys[w] = _store(
-                                _form(3, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys
-                            )
-                    else:
-                        for w in range(C):
-                            ys[w] = _store(
-                                _form(4, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys
-                            )
-                continue
-            lo, hi = _segment(row, j, inner, nseg)
-            xs = x[lo:hi]
-            ys = out[lo:hi]
-            s, k, d, o, g = sh[c], sc[c], dv[c], of[c], gn[c]
-            if form == 0:
-                for i in range(hi - lo):
-                    ys[i] = _store(_form(0, _load(xs[i], k), s, k, d, o, g), ys)
-            elif form == 1:
-                for i in range(hi - lo):
-                    ys[i] = _store(_form(1, _load(xs[i], k), s, k, d, o, g), ys)
-            elif form == 2:
-                for i in range(hi - lo):
-                    ys[i] = _store(_form(2, _load(xs[i], k), s, k, d, o, g), ys)
-            elif form == 3:
-                for i in range(hi - lo):
-                    ys[i] = _store(_form(3, _load(xs[i], k), s, k, d, o, g), ys)
-            else:
-                for i in range(hi - lo):
-                    ys[i] = _store(_form(4, _load(xs[i], k), s, k, d, o, g), ys)
-            j, row, c = _advance(j, row, c, nseg, C)
+        it1 = items * (t + 1) // nchunks
+        if cols:  # items of nseg rows of C columns
+            for r in range(it0 * nseg, min(it1 * nseg, outer)):
+                _affine_columns(form, x[r * C : (r + 1) * C], out[r * C : (r + 1) * C], sh, sc, dv, of, gn)
+        else:
+            row, j, c = _position(it0, nseg, C)
+            for _ in range(it0, it1):
+                lo, hi = _segment(row, j, inner, nseg)
+                _affine_run(form, x[lo:hi], out[lo:hi], sh[c], sc[c], dv[c], of[c], gn[c])
+                j, row, c = _advance(j, row, c, nseg, C)
+
+
+@_inline
+def _grad_run(gs, xs, ys, mc, ac, kc, cc):
+    """ys = ac * gs + kc * (xs - mc) + cc in float64 for a run of one channel's values."""
+    for i in range(len(xs)):
+        ys[i] = _store(ac * _load(gs[i], 0.0) + kc * (_load(xs[i], 0.0) - mc) + cc, ys)
 
 
 @_parallel
@@ -408,37 +415,31 @@ def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
     items = -(-outer // nseg) if cols else outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
-        row, j, c = _position(it0, nseg, C)
-        for it in range(it0, items * (t + 1) // nchunks):
-            if cols:  # as in _apply
-                for r in range(it * nseg, min((it + 1) * nseg, outer)):
-                    gs, xs, ys = dy[r * C : (r + 1) * C], x[r * C : (r + 1) * C], out[r * C : (r + 1) * C]
-                    for w in range(C):
-                        ys[w] = _store(
-                            a[w] * _load(gs[w], 0.0) + k[w] * (_load(xs[w], 0.0) - m[w]) + c0[w], ys
-                        )
-                continue
-            lo, hi = _segment(row, j, inner, nseg)
-            gs = dy[lo:hi]
-            xs = x[lo:hi]
-            ys = out[lo:hi]
-            mc, ac, kc, cc = m[c], a[c], k[c], c0[c]
-            for i in range(hi - lo):
-                ys[i] = _store(ac * _load(gs[i], 0.0) + kc * (_load(xs[i], 0.0) - mc) + cc, ys)
-            j, row, c = _advance(j, row, c, nseg, C)
+        it1 = items * (t + 1) // nchunks
+        if cols:  # as in _apply
+            for r in range(it0 * nseg, min(it1 * nseg, outer)):
+                gs, xs, ys = dy[r * C : (r + 1) * C], x[r * C : (r + 1) * C], out[r * C : (r + 1) * C]
+                for w in range(C):
+                    ys[w] = _store(a[w] * _load(gs[w], 0.0) + k[w] * (_load(xs[w], 0.0) - m[w]) + c0[w], ys)
+        else:
+            row, j, c = _position(it0, nseg, C)
+            for _ in range(it0, it1):
+                lo, hi = _segment(row, j, inner, nseg)
+                _grad_run(dy[lo:hi], x[lo:hi], out[lo:hi], m[c], a[c], k[c], c0[c])
+                j, row, c = _advance(j, row, c, nseg, C)
 
 
 # -- statistics: per-block two-pass, Chan-merged in float64 ----------------------------------------
 
 
-@_scalar
+@_inline
 def _chan_mean(m, mb, delta, fa, fb):
     """The merged mean m + delta * fb (exact when the two means agree, so a constant channel keeps
     variance 0); with an infinite mean the weighted sum m * fa + mb * fb, as sum / n would give."""
     return m + delta * fb if np.isfinite(delta) else m * fa + mb * fb
 
 
-@_scalar
+@_inline
 def _chan(cnt, m1, m2, t, w, nb, mb, qb):
     """Merge a block (nb values, mean mb, M2 qb) into the partial statistics at [t, w] (Chan et al.)."""
     na = cnt[t, w]
@@ -448,6 +449,44 @@ def _chan(cnt, m1, m2, t, w, nb, mb, qb):
     m1[t, w] = _chan_mean(m1[t, w], mb, delta, na * inv, nb * inv)
     m2[t, w] += qb + delta * delta * (na * nb * inv)
     cnt[t, w] = n
+
+
+@_inline
+def _run_statistics(xs, squares, sq32):
+    """A run of one channel's values: (sum x, sum x^2) when ``squares`` (x^2 rounded to float32 first
+    when ``sq32``), else (mean, sum of squared deviations about it), two-pass."""
+    s1 = 0.0
+    s2 = 0.0
+    if squares:
+        if sq32:
+            for i in range(len(xs)):
+                v = _load(xs[i], np.float32(0))
+                s1 += np.float64(v)
+                s2 += np.float64(v * v)
+        else:
+            for i in range(len(xs)):
+                v = _load(xs[i], 0.0)
+                s1 += v
+                s2 += v * v
+        return s1, s2
+    for i in range(len(xs)):
+        s1 += _load(xs[i], 0.0)
+    mb = s1 / len(xs)
+    for i in range(len(xs)):
+        d = _load(xs[i], 0.0) - mb
+        s2 += d * d
+    return mb, s2
+
+
+@_inline
+def _add_run(cnt, acc1, acc2, t, c, nb, a, b, squares):
+    """Add a run's statistics (as :func:`_run_statistics` gives them, nb values) to [t, c]."""
+    if squares:
+        cnt[t, c] += nb
+        acc1[t, c] += a
+        acc2[t, c] += b
+    else:
+        _chan(cnt, acc1, acc2, t, c, nb, a, b)
 
 
 @_reduction
@@ -515,35 +554,12 @@ def _moments(x, squares, sq32, outer, C, inner, nseg, block, nchunks):
     items = outer * C * nseg
     for t in prange(nchunks):
         it0 = items * t // nchunks
+        it1 = items * (t + 1) // nchunks
         row, j, c = _position(it0, nseg, C)
-        for _ in range(it0, items * (t + 1) // nchunks):
+        for _ in range(it0, it1):
             lo, hi = _segment(row, j, inner, nseg)
-            xs = x[lo:hi]
-            nb = np.float64(hi - lo)
-            s1 = 0.0
-            s2 = 0.0
-            if squares:
-                if sq32:
-                    for i in range(hi - lo):
-                        v = _load(xs[i], np.float32(0))
-                        s1 += np.float64(v)
-                        s2 += np.float64(v * v)
-                else:
-                    for i in range(hi - lo):
-                        v = _load(xs[i], 0.0)
-                        s1 += v
-                        s2 += v * v
-                cnt[t, c] += nb
-                acc1[t, c] += s1
-                acc2[t, c] += s2
-            else:
-                for i in range(hi - lo):
-                    s1 += _load(xs[i], 0.0)
-                mb = s1 / nb
-                for i in range(hi - lo):
-                    d = _load(xs[i], 0.0) - mb
-                    s2 += d * d
-                _chan(cnt, acc1, acc2, t, c, nb, mb, s2)
+            a, b = _run_statistics(x[lo:hi], squares, sq32)
+            _add_run(cnt, acc1, acc2, t, c, np.float64(hi - lo), a, b, squares)
             j, row, c = _advance(j, row, c, nseg, C)
     return cnt, acc1, acc2
 
