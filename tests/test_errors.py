@@ -57,6 +57,13 @@ def test_bad_eps(eps):
     refused("eps must be", bn.normalize, X, ZEROS, ONES, eps=eps)
 
 
+@pytest.mark.parametrize(("good", "bad"), [(dict(axis=1), dict(axis=True)), (dict(eps=1), dict(eps=True))])
+def test_refused_after_an_equal_valid_call(good, bad):
+    """A valid call does not vouch for an argument that compares equal to it (True == 1)."""
+    bn.normalize(X, ZEROS, ONES, **good)
+    refused("must be", bn.normalize, X, ZEROS, ONES, **bad)
+
+
 @pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan"), "0.9", True])
 def test_bad_momentum(momentum):
     r = bn.normalize_batch(X + np.arange(4, dtype=np.float32)[:, None])

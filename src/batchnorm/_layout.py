@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -28,11 +29,11 @@ class Layout:
     channels: int
     inner: int
 
-    @property
+    @cached_property
     def channel_shape(self) -> tuple[int, ...]:
         return tuple(self.shape[a] for a in self.axes)
 
-    @property
+    @cached_property
     def memory_shape(self) -> tuple[int, ...]:
         """The input's shape in its memory order (largest stride first): the dimensions a framework's
         reduction sees, (N, C, H, W) for NCHW and (N, H, W, C) for channels-last memory."""
@@ -59,9 +60,13 @@ class Layout:
 
     def new_output(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """A fresh array of ``shape`` laid out like the input, and its (outer, C, inner) view."""
-        permuted = np.empty([self.shape[p] for p in self.perm], dtype=dtype)
-        inverse = tuple(int(i) for i in np.argsort(self.perm))
-        return permuted.transpose(inverse), permuted.reshape(self.outer, self.channels, self.inner)
+        permuted = np.empty(self.memory_shape, dtype=dtype)
+        return permuted.transpose(self.inverse_perm), permuted.reshape(self.outer, self.channels, self.inner)
+
+    @cached_property
+    def inverse_perm(self) -> tuple[int, ...]:
+        """The permutation that undoes ``perm``."""
+        return tuple(int(i) for i in np.argsort(self.perm))
 
     @property
     def channels_in_order(self) -> bool:

@@ -29,6 +29,7 @@ segment by segment; smaller ``inner`` (channels-last has ``inner == 1``) runs al
 
 from __future__ import annotations
 
+import functools
 import platform
 import threading
 from typing import NamedTuple
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import ml_dtypes
 import numba
 import numpy as np
+import numpy.typing as npt
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
@@ -711,13 +713,15 @@ class _Plan(NamedTuple):
     def args(self) -> tuple[int, int, int, int]:
         return self.outer, self.C, self.inner, self.nseg
 
-    def columns(self, p: np.ndarray) -> np.ndarray:
-        """A per-channel array as the kernel's per-column array."""
+    def columns(self, *ps: np.ndarray, dtype: npt.DTypeLike) -> list[np.ndarray]:
+        """Per-channel arrays as the kernel's contiguous per-column arrays of ``dtype``."""
         if self.inner != 1 or (self.repeat == 1 and self.tile == 1):
-            return p
-        return np.tile(np.repeat(p, self.repeat), self.tile)
+            return [np.ascontiguousarray(p, dtype=dtype) for p in ps]
+        stacked = np.array(ps, dtype=dtype)
+        return list(np.tile(np.repeat(stacked, self.repeat, axis=1), (1, self.tile)))
 
 
+@functools.lru_cache(maxsize=256)
 def _plan(outer: int, C: int, inner: int, segment: int, elementwise: bool = False) -> _Plan:
     """Rows mode for inner >= ROW_MIN (elementwise: ELEMENT_ROW_MIN), segments of at most ``segment``
     values; else columns, several rows at once below MIN_COLUMNS, and for the elementwise kernels
@@ -749,10 +753,7 @@ def apply_affine(x3: np.ndarray, co: Coefficients, out3: np.ndarray) -> None:
     dt = co.dtype
     gain = co.scale if co.gain is None else co.gain
     plan = _plan(outer, C, inner, ELEMENT_SEGMENT, elementwise=True)
-    coeffs = [
-        plan.columns(np.ascontiguousarray(p, dtype=dt))
-        for p in (co.shift, co.scale, co.divisor, co.offset, gain)
-    ]
+    coeffs = plan.columns(co.shift, co.scale, co.divisor, co.offset, gain, dtype=dt)
     target = out3 if out3.flags.c_contiguous else np.empty(out3.shape, out3.dtype)
     _launch(_apply, _storage(_contiguous(x3)), *coeffs, form, _storage(target), *plan.args, plan.nchunks)
     if target is not out3:
@@ -799,7 +800,7 @@ def grad_sums(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.nda
     if x3.size == 0:
         return np.zeros(C), np.zeros(C)
     plan = _plan(outer, C, inner, STAT_BLOCK)
-    m = plan.columns(np.ascontiguousarray(mean, dtype=np.float64))
+    (m,) = plan.columns(mean, dtype=np.float64)
     block = max(1, COLUMN_BLOCK // plan.C)
     dy, x = _storage(_contiguous(dy3)), _storage(_contiguous(x3))
     s1, s2 = _launch(_grad_sums, dy, x, m, *plan.args, block, plan.nchunks)
@@ -822,7 +823,7 @@ def grad_input(
     if x3.size == 0:
         return
     plan = _plan(outer, C, inner, ELEMENT_SEGMENT, elementwise=True)
-    coeffs = [plan.columns(np.ascontiguousarray(p, dtype=np.float64)) for p in (mean, a, k, c)]
+    coeffs = plan.columns(mean, a, k, c, dtype=np.float64)
     dy, x = _storage(_contiguous(dy3)), _storage(_contiguous(x3))
     target = out3 if out3.flags.c_contiguous else np.empty(out3.shape, out3.dtype)
     _launch(_grad_input, dy, x, *coeffs, _storage(target), *plan.args, plan.nchunks)
