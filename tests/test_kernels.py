@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import ml_dtypes
@@ -245,12 +246,17 @@ def converters():
 
 
 def quiet(a: np.ndarray) -> np.ndarray:
-    """Signaling NaNs made quiet, as x86 F16C conversions (and every arithmetic operation) do."""
+    """Signaling NaNs made quiet, as x86 F16C conversions, float64 -> float32 conversions (the float16
+    rounding goes through one) and every arithmetic operation do."""
     if not compiled.HARDWARE_HALF:
         return a
     if a.dtype == F16:
         u = a.view(np.uint16)
         return np.where((u & 0x7C00) == 0x7C00, u | (u & 0x3FF != 0) * 0x200, u).astype(np.uint16).view(F16)
+    if a.dtype == np.float64:
+        u = a.view(np.uint64)
+        nan = ((u & 0x7FF0000000000000) == 0x7FF0000000000000) & (u & 0xFFFFFFFFFFFFF != 0)
+        return np.where(nan, u | np.uint64(1 << 51), u).astype(np.uint64).view(np.float64)
     u = a.view(np.uint32)
     return (
         np.where((u & 0x7F800000) == 0x7F800000, u | (u & 0x7FFFFF != 0) * 0x400000, u)
@@ -299,6 +305,38 @@ def test_float32_rounds_to_half_and_bfloat16_as_numpy_and_ml_dtypes_do(converter
         np.testing.assert_array_equal(out, f.astype(BF16).view(np.uint16))
 
 
+def test_software_half_conversions_match_numpy_where_the_cpu_has_f16c_too():
+    """The integer-only float16 conversions (used where LLVM has no hardware half), NaN payloads kept
+    as NumPy keeps them, on every float16 value and the float32 and float64 rounding edges."""
+    from numba import njit, types
+
+    def make(src, dst, build):
+        fn = compiled._converter(src, dst, build)
+
+        @njit(cache=False)
+        def run(a, out):
+            for i in range(a.size):
+                out[i] = fn(a[i])
+
+        return run
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    decoded = np.empty(every.size, np.float32)
+    make(types.uint16, types.float32, compiled._ir_half_to_f32)(every, decoded)
+    np.testing.assert_array_equal(bits(decoded), bits(every.view(F16).astype(np.float32)))
+    with np.errstate(invalid="ignore"):
+        f = _edges_f32()
+    out = np.empty(f.size, np.uint16)
+    make(types.float32, types.uint16, compiled._ir_f32_to_half)(f, out)
+    with warnings.catch_warnings():  # NumPy warns on casting a signaling NaN, whatever errstate says
+        warnings.simplefilter("ignore", RuntimeWarning)
+        np.testing.assert_array_equal(out, f.astype(F16).view(np.uint16))
+        d = np.concatenate([f.astype(np.float64), np.nextafter(f.astype(np.float64), np.inf)])
+        out = np.empty(d.size, np.uint16)
+        make(types.float64, types.uint16, compiled._ir_f64_to_half)(d, out)
+        np.testing.assert_array_equal(out, d.astype(F16).view(np.uint16))
+
+
 def test_float64_rounds_once_to_half_and_bfloat16(converters):
     from batchnorm._rounding import round_once
 
@@ -317,7 +355,7 @@ def test_float64_rounds_once_to_half_and_bfloat16(converters):
     out = np.empty(d.size, np.uint16)
     converters["_f64_to_half"](d, out)
     with np.errstate(all="ignore"):
-        np.testing.assert_array_equal(out, round_once(d, F16).view(np.uint16))
+        np.testing.assert_array_equal(out, round_once(quiet(d), F16).view(np.uint16))
         converters["_f64_to_bf16"](d, out.view(np.int16))
         np.testing.assert_array_equal(out, round_once(d, BF16).view(np.uint16))
 
