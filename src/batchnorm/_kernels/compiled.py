@@ -63,8 +63,11 @@ STAT_BLOCK = 8192
 COLUMN_BLOCK = 1 << 16
 #: values per work item of the elementwise kernels along long rows.
 ELEMENT_SEGMENT = 1 << 16
-#: channels-last rows narrower than this are taken several at a time (fewer, longer inner loops).
+#: channels-last rows narrower than this are taken several at a time (fewer, longer inner loops):
+#: the statistics kernels' accumulators gain from wide rows, the elementwise kernels' per-column
+#: coefficients (three float64 arrays) from narrow ones (measured: 10-25% either way).
 MIN_COLUMNS = 256
+ELEMENT_MIN_COLUMNS = 64
 #: values per work item of a channels-last elementwise kernel (whole rows).
 ROW_BLOCK = 1 << 14
 #: arrays smaller than this run on the calling thread alone (waking the pool costs more).
@@ -745,15 +748,17 @@ class _Plan(NamedTuple):
 @functools.lru_cache(maxsize=256)
 def _plan(outer: int, C: int, inner: int, segment: int, elementwise: bool = False) -> _Plan:
     """Rows mode for inner >= ROW_MIN (elementwise: ELEMENT_ROW_MIN), segments of at most ``segment``
-    values; else columns, several rows at once below MIN_COLUMNS, and for the elementwise kernels
-    work items of ROW_BLOCK values (the ``nseg`` of the kernels then counts rows per item)."""
+    values; else columns, several rows at once below MIN_COLUMNS (elementwise: ELEMENT_MIN_COLUMNS),
+    and for the elementwise kernels work items of ROW_BLOCK values (the ``nseg`` of the kernels then
+    counts rows per item)."""
     if inner >= (ELEMENT_ROW_MIN if elementwise else ROW_MIN):
         nseg = _segments(inner, segment)
         return _Plan(outer, C, inner, nseg, _chunks(outer * C * nseg, outer * C * inner), 1, 1)
     width = C * inner
     k = 1
-    if width < MIN_COLUMNS and outer > 1:
-        k = next(d for d in range(min(MIN_COLUMNS // width, outer), 0, -1) if outer % d == 0)
+    least = ELEMENT_MIN_COLUMNS if elementwise else MIN_COLUMNS
+    if width < least and outer > 1:
+        k = next(d for d in range(min(least // width, outer), 0, -1) if outer % d == 0)
     rows, cols = outer // k, width * k
     per_item = max(1, ROW_BLOCK // cols) if elementwise else 1
     items = -(-rows // per_item)
