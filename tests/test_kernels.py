@@ -165,6 +165,25 @@ def test_one_chunk_on_the_calling_thread_gives_the_same_results(monkeypatch):
         monkeypatch.setattr(compiled, "PARALLEL_MIN", 0)
 
 
+def test_plans_follow_the_thread_count_and_the_parallel_minimum(monkeypatch):
+    """A shape's plan is cached, its chunk count is not: it follows numba.set_num_threads and
+    PARALLEL_MIN at every call."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads (NUMBA_NUM_THREADS >= 2)")
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            numba.set_num_threads(threads)
+            assert compiled._plan(64, 8, 4096, compiled.ELEMENT_SEGMENT, True).nchunks == threads
+            assert compiled._plan(1 << 16, 3, 1, compiled.STAT_BLOCK).nchunks == threads
+    finally:
+        numba.set_num_threads(before)
+    monkeypatch.setattr(compiled, "PARALLEL_MIN", 1 << 40)
+    assert compiled._plan(64, 8, 4096, compiled.ELEMENT_SEGMENT, True).nchunks == 1
+
+
 def test_long_rows_split_into_segments_and_chunks(monkeypatch):
     """Rows longer than a work item, over more items than threads, channels-last rows wider than a
     tile of columns: the same bits and sums."""

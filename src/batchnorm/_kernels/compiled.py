@@ -745,15 +745,22 @@ class _Plan(NamedTuple):
         return list(np.tile(np.repeat(stacked, self.repeat, axis=1), (1, self.tile)))
 
 
-@functools.lru_cache(maxsize=256)
 def _plan(outer: int, C: int, inner: int, segment: int, elementwise: bool = False) -> _Plan:
+    """How the kernels take (outer, C, inner): the layout of :func:`_layout` (cached per shape), in
+    as many chunks as numba's current thread count and PARALLEL_MIN give."""
+    layout, work = _layout(outer, C, inner, segment, elementwise)
+    return layout._replace(nchunks=_chunks(work, outer * C * inner))
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(outer: int, C: int, inner: int, segment: int, elementwise: bool) -> tuple[_Plan, int]:
     """Rows mode for inner >= ROW_MIN (elementwise: ELEMENT_ROW_MIN), segments of at most ``segment``
     values; else columns, several rows at once below MIN_COLUMNS (elementwise: ELEMENT_MIN_COLUMNS),
     and for the elementwise kernels work items of ROW_BLOCK values (the ``nseg`` of the kernels then
-    counts rows per item)."""
+    counts rows per item). Returns the plan (chunks left at 0) and its number of work items."""
     if inner >= (ELEMENT_ROW_MIN if elementwise else ROW_MIN):
         nseg = _segments(inner, segment)
-        return _Plan(outer, C, inner, nseg, _chunks(outer * C * nseg, outer * C * inner), 1, 1)
+        return _Plan(outer, C, inner, nseg, 0, 1, 1), outer * C * nseg
     width = C * inner
     k = 1
     least = ELEMENT_MIN_COLUMNS if elementwise else MIN_COLUMNS
@@ -761,8 +768,7 @@ def _plan(outer: int, C: int, inner: int, segment: int, elementwise: bool = Fals
         k = next(d for d in range(min(least // width, outer), 0, -1) if outer % d == 0)
     rows, cols = outer // k, width * k
     per_item = max(1, ROW_BLOCK // cols) if elementwise else 1
-    items = -(-rows // per_item)
-    return _Plan(rows, cols, 1, per_item, _chunks(items, outer * width), inner, k)
+    return _Plan(rows, cols, 1, per_item, 0, inner, k), -(-rows // per_item)
 
 
 def apply_affine(x3: np.ndarray, co: Coefficients, out3: np.ndarray) -> None:
