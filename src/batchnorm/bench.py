@@ -10,7 +10,9 @@ we are faster); ``GB/s`` counts the bytes a path must move (inference: read x, w
 forward: two reads of x, one write; backward: two reads of x and dy, one write of dx); ``copy`` is that
 rate over the rate of a 2-thread copy of x measured in the same loop; ``var rel err`` is the largest
 per-channel relative error of the batch variance at offsets 0, 1e3 and 1e4 (x = offset + randn in
-float32), ours / PyTorch's, against float64 two-pass on the same float32 data.
+float32), ours / PyTorch's, against float64 two-pass on the same float32 data. With ``--runs K`` the
+table is measured K times: each time is the median over the runs, and ``runs`` gives the range of
+``x torch`` over them.
 
 This module is the only one besides the CLI that prints; nothing imports it.
 """
@@ -29,7 +31,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,7 @@ class Row:
     dialect: str = "exact"
     exact_ms: float | None = None
     var_err: dict[str, list[float | None]] = field(default_factory=dict)
+    speedup_range: tuple[float, float] | None = None  # over the runs, where there were several
 
     @property
     def speedup(self) -> float | None:
@@ -109,6 +112,27 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
             f()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def combine_runs(runs: list[list[Row]]) -> list[Row]:
+    """One row per case from several runs of the same cases: each time the median over the runs (the
+    ratio is then PyTorch's median over ours), and the range of the ratio over the runs."""
+    if len(runs) == 1:
+        return runs[0]
+    combined = []
+    for same in zip(*runs, strict=True):
+        ratios = [r.speedup for r in same if r.speedup is not None]
+        torch_ms = [r.torch_ms for r in same if r.torch_ms is not None]
+        combined.append(
+            replace(
+                same[0],
+                ours_ms=statistics.median(r.ours_ms for r in same),
+                torch_ms=statistics.median(torch_ms) if torch_ms else None,
+                copy_ms=statistics.median(r.copy_ms for r in same),
+                speedup_range=(min(ratios), max(ratios)) if ratios else None,
+            )
+        )
+    return combined
 
 
 def _repeats(nbytes: int, base: int) -> int:
@@ -466,17 +490,21 @@ def _err(pair: list[float | None]) -> str:
 
 
 def table(rows: list[Row]) -> str:
+    ranges = any(r.speedup_range for r in rows)
     head = (
         f"{'shape':<19} {'layout':<6} {'path':<17} {'ours ms':>8} {'torch ms':>9} {'x torch':>7} "
-        f"{'GB/s':>6} {'copy':>5}  var rel err ours/torch at offset 0, 1e3, 1e4"
+        + (f"{'runs':>10} " if ranges else "")
+        + f"{'GB/s':>6} {'copy':>5}  var rel err ours/torch at offset 0, 1e3, 1e4"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         errs = "  ".join(_err(v) for v in r.var_err.values())
+        spread = f"{r.speedup_range[0]:.2f}-{r.speedup_range[1]:.2f}" if r.speedup_range else "-"
         lines.append(
             f"{'x'.join(map(str, r.shape)):<19} {r.layout:<6} {r.path:<17} {r.ours_ms:8.3f} "
-            f"{_fmt(r.torch_ms, '9.3f'):>9} {_fmt(r.speedup, '7.2f'):>7} {r.gbps:6.1f} "
-            f"{r.copy_fraction:5.2f}  {errs}"
+            f"{_fmt(r.torch_ms, '9.3f'):>9} {_fmt(r.speedup, '7.2f'):>7} "
+            + (f"{spread:>10} " if ranges else "")
+            + f"{r.gbps:6.1f} {r.copy_fraction:5.2f}  {errs}"
         )
     return "\n".join(lines)
 
@@ -534,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats (about 30 s)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 21, quick 7)")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="run the main table this many times: medians over the runs, and the range of each ratio",
+    )
     ap.add_argument("--json", default="batchnorm-bench.json", help="where to save the results")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch (ratios are then left out)")
     ap.add_argument(
@@ -575,10 +609,14 @@ def main(argv: list[str] | None = None) -> int:
     policy = args.omp_wait_policy or "unset (GNU OpenMP default)"
     print(f"batchnorm kernels: {_kernels.backend()}; threads {args.threads}; OMP_WAIT_POLICY={policy}")
 
-    rows: list[Row] = []
-    for shape in shapes:
-        for layout in _layouts(shape):
-            rows.extend(core_cases(shape, layout, copier, repeats, torch_ok, rng))
+    runs: list[list[Row]] = []
+    for _ in range(max(1, args.runs)):
+        run: list[Row] = []
+        for shape in shapes:
+            for layout in _layouts(shape):
+                run.extend(core_cases(shape, layout, copier, repeats, torch_ok, rng))
+        runs.append(run)
+    rows = combine_runs(runs)
     print(f"numba threading layer: {numba.threading_layer()}")
     print(table(rows))
     dialect_rows = dialect_cases(QUICK_DIALECT_SHAPE if args.quick else DIALECT_SHAPE, copier, repeats, rng)
@@ -608,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         "omp_wait_policy": args.omp_wait_policy,
         "kernels": _kernels.backend(),
         "repeats": repeats,
+        "runs": len(runs),
         "rows": [
             dict(asdict(r), speedup=r.speedup, gbps=r.gbps, copy_fraction=r.copy_fraction) for r in rows
         ],
