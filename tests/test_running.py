@@ -160,12 +160,24 @@ def test_the_three_weightings_differ_at_099():
     assert F32(1) - F32(0.99) != F32(1.0 - 0.99)
 
 
-def test_torch_bessel_from_the_recovered_sum_of_squares():
-    """n = 30: var_sum = fl32(var * n) (recovered), unbiased = fl32(var_sum / 29), not fl32(var * 30 / 29)."""
-    batch = _batch("torch", shape=(6, 64, 5))
+def test_torch_bessel_divides_its_own_sum_of_squares():
+    """PyTorch divides its float32 var_sum by n - 1 (n = 30 here). The batch carries that sum: var =
+    fl32(var_sum / n) cannot give it back bit for bit, and a BatchResult built by hand (no sum) falls
+    back to fl32(var * n)."""
+    from batchnorm._reductions import torch_batchnorm
+
+    x = (1e4 + np.random.default_rng(0).normal(0.0, 1.0, (6, 64, 5))).astype(F32)
+    batch = bn.normalize_batch(x, axis=1, dialect="torch")
+    var_sum = torch_batchnorm.statistics(x, "two_pass", np.dtype(F32))[2]
+    recovered = (batch.var.astype(np.float64) * 30).astype(F32)
+    assert (recovered != var_sum).any()  # the channels this test is about
     rm, rv = _moving(64)
-    var = bn.update_running(rm, rv, batch, momentum=0.1, dialect="torch")[1]
-    m = F32(0.1)
-    unbiased = (batch.var.astype(np.float64) * 30).astype(F32) / F32(29)
-    want = (np.float64(m) * unbiased.astype(np.float64) + ((F32(1) - m) * rv).astype(np.float64)).astype(F32)
-    np.testing.assert_array_equal(var, want)
+    # momentum 1 stores the batch's unbiased variance as it is: fl32(sum / 29)
+    assert (var_sum / F32(29) != recovered / F32(29)).any()
+    var = bn.update_running(rm, rv, batch, momentum=1.0, dialect="torch")[1]
+    np.testing.assert_array_equal(var, var_sum / F32(29))
+    by_hand = bn.BatchResult(
+        y=batch.y, mean=batch.mean, var=batch.var, count=batch.count, dialect=batch.dialect
+    )
+    var = bn.update_running(rm, rv, by_hand, momentum=1.0, dialect="torch")[1]
+    np.testing.assert_array_equal(var, recovered / F32(29))

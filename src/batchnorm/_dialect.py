@@ -113,8 +113,9 @@ class Dialect:
     whose exponential_avg_factor is 1 - momentum). ``running_bessel`` says how an unbiased variance
     is formed: ``"float64"`` b = fl(var * n / (n - 1)) in float64; ``"weight"`` the factor k =
     fl(fl(n) / fl(n - 1)) joins the weight, fl(fl(w * k) * var) (TensorFlow's fused kernels);
-    ``"sum"`` b = fl(s / fl(n - 1)) from the sum of squares s = fl(var * n) (PyTorch's var_sum; s is
-    recovered from var, exact where n is a power of two). ``running_var_accumulation`` ``"acc_type"``
+    ``"sum"`` b = fl(s / fl(n - 1)) from PyTorch's own float32 sum of squares s (var_sum), which
+    ``normalize_batch`` carries in its result (a result built without it: s = fl(var * n), exact where
+    n is a power of two). ``running_var_accumulation`` ``"acc_type"``
     forms the variance's new-batch term and the sum in float64 for float32 and float64 inputs (float32
     for half inputs), the old term fl(a * r) in the compute precision, rounding once at the end
     (PyTorch's accscalar_t unbiased_var on CPU). ``running_storage`` is the dtype of the stored

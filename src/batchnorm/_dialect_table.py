@@ -69,7 +69,7 @@ _RUNNING_WEIGHTS = {
 _RUNNING_BESSEL = {
     "float64": "var*n/(n-1) in float64",
     "weight": "(w*fl(n/(n-1)))*var, n/(n-1) a float32 division",
-    "sum": "fl(var_sum/(n-1)), var_sum = fl(var*n)",
+    "sum": "fl(var_sum/(n-1)), torch's own var_sum",
 }
 _INVERSE_ROOT = {
     "inference": "as inference forms it",

@@ -62,13 +62,15 @@ def update(
     *,
     count: int | None = None,
     input_dtype: np.dtype | None = None,
+    var_sum: np.ndarray | None = None,
 ) -> np.ndarray:
     """One running statistic after one batch, in the compute precision of ``running`` (float32 for
     float32 and half arrays, float64 for float64 ones); callers round it to the stored dtype.
 
     ``given`` weighs ``side`` ("old" or "new"), as in :func:`weights`. ``count`` is n for a variance
     that the dialect Bessel-corrects (None: the mean, or a biased variance). ``input_dtype`` is the
-    batch input's dtype, for ``running_var_accumulation="acc_type"``.
+    batch input's dtype, for ``running_var_accumulation="acc_type"``. ``var_sum``: the framework's own
+    sum of squared deviations, for ``running_bessel="sum"`` (else recovered from ``batch`` times n).
     """
     if d.running_form == "exact":
         return _exact(running, batch, given, side, count)
@@ -76,7 +78,7 @@ def update(
     a, w = weights(d, given, side, c)
     r = running.astype(c)
     with np.errstate(over="ignore", invalid="ignore"):
-        b, w_k = _corrected(d, batch, w, count, c)
+        b, w_k = _corrected(d, batch, w, count, c, var_sum)
         if d.running_form == "delta":
             return r - (r - b) * w_k
         old = a * r
@@ -87,7 +89,12 @@ def update(
 
 
 def _corrected(
-    d: Dialect, batch: np.ndarray, w: np.generic, count: int | None, c: np.dtype
+    d: Dialect,
+    batch: np.ndarray,
+    w: np.generic,
+    count: int | None,
+    c: np.dtype,
+    var_sum: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.generic]:
     """The batch statistic in ``c`` and its weight, Bessel-corrected as ``d.running_bessel`` says."""
     if count is None or count < 2:
@@ -95,8 +102,8 @@ def _corrected(
     n = count
     if d.running_bessel == "weight":
         return batch.astype(c), w * (c.type(n) / c.type(n - 1))
-    if d.running_bessel == "sum":
-        sum_of_squares = (batch.astype(np.float64) * n).astype(c)
+    if d.running_bessel == "sum":  # the framework's sum itself where the batch carried it
+        sum_of_squares = (batch.astype(np.float64) * n).astype(c) if var_sum is None else var_sum.astype(c)
         return sum_of_squares / c.type(n - 1), w
     return (batch.astype(np.float64) * (n / (n - 1))).astype(c), w
 

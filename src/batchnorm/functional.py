@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,9 @@ class BatchResult:
     var: np.ndarray
     count: int
     dialect: Dialect
+    #: the framework's float32 sum of squared deviations, where its running update divides that sum
+    #: by n - 1 rather than correcting the rounded variance (PyTorch); None elsewhere
+    _var_sum: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -234,15 +237,16 @@ def normalize_batch(
     stats_dtype = _statistics_dtype(p)
     x3 = p.layout.input3(p.x)
     d = p.dialect
-    mean3, var3 = _reductions.moments(
+    mean3, var3, var_sum3 = _reductions.statistics(
         d.reduction, x3, d.variance, stats_dtype, shape=p.layout.memory_shape, threads=d.reduction_threads
     )
     mean = p.layout.unflat_channels(mean3)
     var = p.layout.unflat_channels(var3)
+    var_sum = None if var_sum3 is None else p.layout.unflat_channels(var_sum3)
     _validate.nonzero_denominator(var, p.eps, where="batch variance")
     root = _saved_inverse_root(p, var)
     y = _transform(p, mean, var, g, b, None, raw=(gamma, beta, mean, var), inverse_root=root)
-    return BatchResult(y=y, mean=mean, var=var, count=n, dialect=p.dialect)
+    return BatchResult(y=y, mean=mean, var=var, count=n, dialect=p.dialect, _var_sum=var_sum)
 
 
 def _saved_inverse_root(p: _Prepared, var: np.ndarray) -> np.ndarray | None:
@@ -328,7 +332,10 @@ def update_running(
     given, side = _momentum_weight(d, rule, num_batches)
     n = batch.count if d.running_variance == "unbiased" else None
     new_mean = _running.update(d, r_mean, batch.mean, given, side)
-    new_var = _running.update(d, r_var, batch.var, given, side, count=n, input_dtype=batch.y.dtype)
+    var_sum = batch._var_sum if d.name == batch.dialect.name else None
+    new_var = _running.update(
+        d, r_var, batch.var, given, side, count=n, input_dtype=batch.y.dtype, var_sum=var_sum
+    )
     mean_dtype, var_dtype = r_mean.dtype, r_var.dtype
     if d.running_storage == "input":
         mean_dtype = var_dtype = batch.y.dtype

@@ -51,11 +51,11 @@ def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if case["kind"] == "inference":
-            x, mean, var = _as_run(case, case["x"]), case["moving_mean"], case["moving_var"]
+            x, mean, var = as_run(case, case["x"]), case["moving_mean"], case["moving_var"]
             out.values["y"] = bn.normalize(x, mean, var, gamma, beta, axis=axis, eps=eps, dialect=dialect)
             training = False
         else:
-            xs = [_as_run(case, x) for x in case["x_steps"]]
+            xs = [as_run(case, x) for x in case["x_steps"]]
             rm, rv = case["moving_mean"], case["moving_var"]
             means, variances = [], []
             first = None
@@ -78,7 +78,7 @@ def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
             training = True
         if case.get("dy") is not None:
             dx, dgamma, dbeta = bn.backward(
-                _as_run(case, case["dy"]),
+                as_run(case, case["dy"]),
                 x,
                 gamma,
                 mean=mean,
@@ -95,7 +95,7 @@ def ours(case: dict, dialect: str | bn.Dialect) -> Ours:
     return out
 
 
-def _as_run(case: dict, a: np.ndarray) -> np.ndarray:
+def as_run(case: dict, a: np.ndarray) -> np.ndarray:
     """``a`` in the memory layout the runner gives the framework: a channels-last view for the
     ``memory_format`` cases (the values are NCHW), whose strides batchnorm's layout follows as the
     framework's kernels do (PyTorch's channels-last statistics sum in another order)."""

@@ -21,10 +21,22 @@ import batchnorm as bn
 #: y: max(max |y|, |gamma / sqrt(var + eps)| * max |x|); running_mean: max(max |r|, w * max |x|);
 #: running_var: max |r|, each step of 3 compared; dx: |gamma| inv (max |dy| + inv max |x| sum |dy xh| / n);
 #: dgamma: inv (sum |dy (x - mean)| + max |x| sum |dy|); dbeta: sum |dy| (maxima over channels).
-#: The running statistics follow each framework's float32 update (Dialect.running_form): the means are
-#: bit for bit; the variances are within 1 ulp for torch (its var_sum recovered from the rounded var) and
-#: 2 for keras3-jax (jnp.var's tree, not the update).
-BOUNDS = {"y": 4, "running_mean": 0, "running_var": 2, "dx": 8, "dgamma": 8, "dbeta": 8}
+#: The running statistics follow each framework's float32 update (Dialect.running_form): bit for bit,
+#: torch's variance included (its own var_sum divided by n - 1), except keras3-jax's variance
+#: (FRAMEWORK_BOUNDS).
+BOUNDS = {"y": 4, "running_mean": 0, "running_var": 0, "dx": 8, "dgamma": 8, "dbeta": 8}
+
+#: (framework, quantity) -> a looser bound than BOUNDS, with the reason. keras3-jax: jnp.var on inputs
+#: of fewer than 4096 values, where XLA fuses the squared difference into its own loop (not emulated):
+#: the batch variance is 1-32 ulps of itself off on 8 of 82 shapes, and the running variance 2 ulps of
+#: its scale.
+FRAMEWORK_BOUNDS = {("keras3-jax", "running_var"): 2}
+
+
+def bound(framework: str, quantity: str) -> int:
+    """The bound in ulps for one framework's quantity: BOUNDS, or FRAMEWORK_BOUNDS where it is looser."""
+    return FRAMEWORK_BOUNDS.get((framework, quantity), BOUNDS[quantity])
+
 
 # -- framework refusals no dialect field describes --------------------------------------------------
 

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-__all__ = ["moments", "process_cpus"]
+__all__ = ["moments", "process_cpus", "statistics"]
 
 
 def process_cpus() -> int:
@@ -50,6 +50,32 @@ def moments(
     module = importlib.import_module(f".{reduction.replace('-', '_')}", __name__)
     options = {} if threads is None else {"threads": threads}
     result: tuple[np.ndarray, np.ndarray] = module.moments(
+        x3, variance, np.dtype(dtype), shape=shape, **options
+    )
+    return result
+
+
+def statistics(
+    reduction: str,
+    x3: np.ndarray,
+    variance: str,
+    dtype: np.dtype,
+    *,
+    shape: tuple[int, ...],
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`moments`, and the framework's own sum of squared deviations where its running update
+    divides that sum rather than the variance (a module's ``statistics``: torch); None elsewhere."""
+    module = (
+        None
+        if reduction == "float64"
+        else importlib.import_module(f".{reduction.replace('-', '_')}", __name__)
+    )
+    if module is None or not hasattr(module, "statistics"):
+        mean, var = moments(reduction, x3, variance, dtype, shape=shape, threads=threads)
+        return mean, var, None
+    options = {} if threads is None else {"threads": threads}
+    result: tuple[np.ndarray, np.ndarray, np.ndarray] = module.statistics(
         x3, variance, np.dtype(dtype), shape=shape, **options
     )
     return result

@@ -46,7 +46,7 @@ import numpy as np
 
 from .._errors import BatchNormError
 
-__all__ = ["HALF_LANES", "default_threads", "moments"]
+__all__ = ["HALF_LANES", "default_threads", "moments", "statistics"]
 
 #: float32 lanes of torch's contiguous half-input kernel (its Vectorized<float> there: 8 lanes).
 HALF_LANES = 8
@@ -88,6 +88,22 @@ def moments(
     in ``dtype`` (the tree follows x3 alone; ``shape`` is not needed). ``threads``: at::get_num_threads()
     (None: :func:`default_threads`); only channels-last inputs depend on it. ``fused``: torch's AVX2 /
     AVX512 builds' FMA contractions (see above)."""
+    mean, var, _ = statistics(x3, variance, dtype, shape=shape, threads=threads, fused=fused)
+    return mean, var
+
+
+def statistics(
+    x3: np.ndarray,
+    variance: str,
+    dtype: np.dtype,
+    *,
+    shape: tuple[int, ...] | None = None,
+    threads: int | None = None,
+    fused: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`moments` and torch's var_sum itself, in the kernel's float type (float32 for float32 and
+    half inputs): the running update divides that sum by n - 1 (Normalization.cpp), which var, rounded
+    from var_sum / n, cannot give back bit for bit."""
     if variance != "two_pass":
         raise BatchNormError(
             f"reduction 'torch-batchnorm' is PyTorch's two-pass kernel; got variance={variance!r}. "
@@ -135,7 +151,7 @@ def moments(
             mean = (_in_order(k.partial_sums(rows, threads, chunk), merge) / n).astype(work)
             var_sum = _in_order(k.partial_squares(rows, mean, threads, chunk), merge).astype(work)
         var = var_sum / work.type(n)
-    return mean.astype(dtype), var.astype(dtype)
+    return mean.astype(dtype), var.astype(dtype), var_sum
 
 
 def _in_order(buffer: np.ndarray, dtype: np.dtype) -> np.ndarray:
