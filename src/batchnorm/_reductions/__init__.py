@@ -43,16 +43,8 @@ def moments(
     (:attr:`batchnorm.Dialect.reduction_threads`) goes to the modules whose tree depends on it when it
     is set (None: each module's framework default on this machine). ``"float64"`` is the compiled
     kernels' own float64 accumulation (:func:`batchnorm._kernels.moments`)."""
-    if reduction == "float64":
-        from .. import _kernels
-
-        return _kernels.moments(x3, variance, np.dtype(dtype))
-    module = importlib.import_module(f".{reduction.replace('-', '_')}", __name__)
-    options = {} if threads is None else {"threads": threads}
-    result: tuple[np.ndarray, np.ndarray] = module.moments(
-        x3, variance, np.dtype(dtype), shape=shape, **options
-    )
-    return result
+    mean, var, _ = statistics(reduction, x3, variance, dtype, shape=shape, threads=threads)
+    return mean, var
 
 
 def statistics(
@@ -66,16 +58,17 @@ def statistics(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`moments`, and the framework's own sum of squared deviations where its running update
     divides that sum rather than the variance (a module's ``statistics``: torch); None elsewhere."""
-    module = (
-        None
-        if reduction == "float64"
-        else importlib.import_module(f".{reduction.replace('-', '_')}", __name__)
-    )
-    if module is None or not hasattr(module, "statistics"):
-        mean, var = moments(reduction, x3, variance, dtype, shape=shape, threads=threads)
+    if reduction == "float64":
+        from .. import _kernels
+
+        mean, var = _kernels.moments(x3, variance, np.dtype(dtype))
         return mean, var, None
+    module = importlib.import_module(f".{reduction.replace('-', '_')}", __name__)
     options = {} if threads is None else {"threads": threads}
-    result: tuple[np.ndarray, np.ndarray, np.ndarray] = module.statistics(
-        x3, variance, np.dtype(dtype), shape=shape, **options
-    )
-    return result
+    if hasattr(module, "statistics"):
+        result: tuple[np.ndarray, np.ndarray, np.ndarray] = module.statistics(
+            x3, variance, np.dtype(dtype), shape=shape, **options
+        )
+        return result
+    mean, var = module.moments(x3, variance, np.dtype(dtype), shape=shape, **options)
+    return mean, var, None
