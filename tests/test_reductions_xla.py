@@ -227,7 +227,7 @@ def test_ynn_sum_matches_the_scalar_transcription(dims, start, stop, threads):
     rng = np.random.default_rng(sum(dims))
     x = (1e4 + rng.standard_normal(dims)).astype(F)
     x3 = x.reshape(math.prod(dims[:start]), math.prod(dims[start:stop]), -1)
-    got = xla._ynn_sum(np.ascontiguousarray(x3), dims, start, stop, None, threads)
+    got = xla._ynn_sums(np.ascontiguousarray(x3), dims, start, stop, None, threads)[0]
     np.testing.assert_array_equal(got, ref_ynn_sum(x, dims, start, stop, threads))
 
 
@@ -246,7 +246,7 @@ def test_one_pass_sums_and_centered_sums(dims, start, stop, threads):
     np.testing.assert_array_equal(sums, ref_ynn_sum(x, dims, start, stop, threads))
     np.testing.assert_array_equal(squares, ref_ynn_sum((x * x).astype(F), dims, start, stop, threads))
     means = (1e4 + rng.standard_normal(x3.shape[1])).astype(F)
-    centered = xla._ynn_sum(x3, dims, start, stop, means, threads)
+    centered = xla._ynn_sums(x3, dims, start, stop, means, threads)[0]
     shape = [1] * len(dims)
     shape[start:stop] = dims[start:stop]
     d = (x - means.reshape(shape)).astype(F)
@@ -266,10 +266,10 @@ def test_parallel_launches_equal_the_serial_ones(monkeypatch, dims, start, stop)
     means = np.linspace(-0.5, 0.5, x3.shape[1]).astype(F)
     for threads in (1, 2):
         serial = [*xla._ynn_sums(x3, dims, start, stop, None, threads, squares=True)]
-        serial.append(xla._ynn_sum(x3, dims, start, stop, means, threads))
+        serial.append(xla._ynn_sums(x3, dims, start, stop, means, threads)[0])
         monkeypatch.setattr(xla, "SERIAL_VALUES", 0)
         parallel = [*xla._ynn_sums(x3, dims, start, stop, None, threads, squares=True)]
-        parallel.append(xla._ynn_sum(x3, dims, start, stop, means, threads))
+        parallel.append(xla._ynn_sums(x3, dims, start, stop, means, threads)[0])
         monkeypatch.undo()
         for a, b in zip(serial, parallel, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -279,8 +279,8 @@ def test_the_thread_count_changes_the_tree():
     """A pool of one runs no split loop of a plain reduce (its dimension sums whole into slot 0)."""
     dims = (40, 3, 2000)  # N split 5: 8 slots summed as a tree (2 threads) or images one by one (1)
     x = (1e4 + np.random.default_rng(3).standard_normal(dims)).astype(F)
-    one = xla._ynn_sum(x, dims, 1, 2, None, 1)
-    two = xla._ynn_sum(x, dims, 1, 2, None, 2)
+    one = xla._ynn_sums(x, dims, 1, 2, None, 1)[0]
+    two = xla._ynn_sums(x, dims, 1, 2, None, 2)[0]
     assert not np.array_equal(one, two)
 
 

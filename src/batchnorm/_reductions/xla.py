@@ -197,18 +197,6 @@ def _parallel_loops(extents: list[int], splits: list[int | None], threads: int) 
     return parallel
 
 
-def _ynn_sum(
-    x: np.ndarray,
-    dims: tuple[int, ...],
-    start: int,
-    stop: int,
-    means: np.ndarray | None,
-    threads: int,
-) -> np.ndarray:
-    """Per-channel S(x) (or S((x - means)^2) fused) of the contiguous ``x`` as YNNPACK sums it."""
-    return _ynn_sums(x, dims, start, stop, means, threads)[0]
-
-
 def _ynn_sums(
     x: np.ndarray,
     dims: tuple[int, ...],
