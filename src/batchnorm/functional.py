@@ -323,8 +323,10 @@ def update_running(
     companions, :mod:`batchnorm._running`), and store in the dtype ``Dialect.running_storage`` names.
     """
     d = get(dialect)
+    var_sum = None  # the framework's own sum of squares, where the batch came from this dialect
     if d.name == batch.dialect.name:
         d = batch.dialect  # resolved for the input's layout (tf-keras: fused or unfused path)
+        var_sum = batch._var_sum
     shape = batch.mean.shape
     r_mean = _validate.channel_parameter(moving_mean, "moving_mean", shape)
     r_var = _validate.variance(moving_var, shape, name="moving_var")
@@ -332,7 +334,6 @@ def update_running(
     given, side = _momentum_weight(d, rule, num_batches)
     n = batch.count if d.running_variance == "unbiased" else None
     new_mean = _running.update(d, r_mean, batch.mean, given, side)
-    var_sum = batch._var_sum if d.name == batch.dialect.name else None
     new_var = _running.update(
         d, r_var, batch.var, given, side, count=n, input_dtype=batch.y.dtype, var_sum=var_sum
     )
