@@ -58,6 +58,9 @@ ROW_MIN = 16
 ELEMENT_ROW_MIN = 16
 #: values per segment of a two-pass statistics row (its second pass reads it from cache).
 STAT_BLOCK = 8192
+#: two-pass statistics rows shorter than this are software-pipelined (see _two_pass_rows); longer
+#: rows, which come from memory row by row, measured slower that way.
+SHORT_ROW = 256
 #: values per block of rows in the channels-last statistics kernels: 256 kB of float32 for the second
 #: pass to find in L2, and few enough blocks that the per-column merges stay cheap.
 COLUMN_BLOCK = 1 << 16
@@ -505,6 +508,38 @@ def _run_statistics(xs, squares, sq32):
 
 
 @_inline
+def _row_sum(xs):
+    s = 0.0
+    for i in range(len(xs)):
+        s += _load(xs[i], 0.0)
+    return s
+
+
+@_inline
+def _two_pass_rows(x, cnt, acc1, acc2, t, r0, r1, C, inner):
+    """Rows r0..r1 (whole rows of ``inner`` values, row r of channel r % C), two-pass each, merged at
+    [t, c]. Software-pipelined: row r + 1's sum is taken beside row r's squared deviations, so that the
+    chain sum -> mean -> deviations of one row overlaps the next (1.2-1.5x on rows of 16 to 200)."""
+    if r0 >= r1:
+        return
+    n = np.float64(inner)
+    mb = _row_sum(x[r0 * inner : (r0 + 1) * inner]) / n
+    c = r0 % C
+    for r in range(r0, r1):
+        s = _row_sum(x[(r + 1) * inner : (r + 2) * inner]) if r + 1 < r1 else 0.0
+        xs = x[r * inner : (r + 1) * inner]
+        q = 0.0
+        for i in range(inner):
+            d = _load(xs[i], 0.0) - mb
+            q += d * d
+        _chan(cnt, acc1, acc2, t, c, n, mb, q)
+        mb = s / n
+        c += 1
+        if c == C:
+            c = 0
+
+
+@_inline
 def _add_run(cnt, acc1, acc2, t, c, nb, a, b, squares):
     """Add a run's statistics (as :func:`_run_statistics` gives them, nb values) to [t, c]."""
     if squares:
@@ -581,6 +616,9 @@ def _moments(x, squares, sq32, outer, C, inner, nseg, block, nchunks):
     for t in prange(nchunks):
         it0 = items * t // nchunks
         it1 = items * (t + 1) // nchunks
+        if nseg == 1 and inner < SHORT_ROW and not squares:
+            _two_pass_rows(x, cnt, acc1, acc2, t, it0, it1, C, inner)
+            continue
         row, j, c = _position(it0, nseg, C)
         for _ in range(it0, it1):
             lo, hi = _segment(row, j, inner, nseg)
