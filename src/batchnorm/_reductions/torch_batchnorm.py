@@ -39,6 +39,7 @@ Not emulated: inputs torch sees as non-contiguous (its serial at::mean path), an
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -56,15 +57,8 @@ _WIDE = (np.dtype(np.float32), np.dtype(np.float64))
 def default_threads() -> int:
     """torch's default at::get_num_threads(): the physical cores this process may run on, or fewer if
     MKL_NUM_THREADS (else OMP_NUM_THREADS) asks for fewer (measured: a larger request is capped)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
-        except OSError:
-            cores.add(("cpu", str(cpu)))
-    count = len(cores) or os.cpu_count() or 1
+    cpus = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+    count = _physical_cores(cpus) or os.cpu_count() or 1
     for variable in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         try:
             requested = int(os.environ.get(variable, "").split(",")[0])
@@ -73,6 +67,20 @@ def default_threads() -> int:
         if requested > 0:
             return min(requested, count)
     return count
+
+
+@functools.lru_cache(maxsize=16)
+def _physical_cores(cpus: tuple[int, ...]) -> int:
+    """How many distinct (package, core) pairs the logical CPUs ``cpus`` sit on (sysfs topology, read
+    once per CPU set: the affinity may change while the process runs, the machine does not)."""
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return len(cores)
 
 
 def moments(
