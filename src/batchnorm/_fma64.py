@@ -50,9 +50,10 @@ def _transformed(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     ul = ((ah * bh - uh) + ah * bl + al * bh) + al * bl
     th, tl = _two_sum(c, uh)
     v, err = _two_sum(tl, ul)
-    odd = (err != 0) & ((v.view(np.int64) & 1) == 0)
-    if odd.any():
-        v[odd] = np.nextafter(v[odd], np.copysign(np.inf, err[odd]))
+    # to odd: an inexact v with an even significand moves one ulp toward err (v != 0 wherever err is)
+    bits = v.view(np.int64)
+    odd = (err != 0) & ((bits & 1) == 0)
+    bits += odd * np.where((err > 0) == (v > 0), 1, -1)
     return th + v
 
 
@@ -67,16 +68,19 @@ def _exactly(a: float, b: float, c: float) -> float:
 
 def fma64(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """a * b + c in float64, rounded once (broadcast; IEEE 754 fusedMultiplyAdd, round to nearest even)."""
-    arrays = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, c)))
-    shape = arrays[0].shape
-    a, b, c = (v.reshape(-1) for v in arrays)
+    result_shape = np.broadcast_shapes(*(np.shape(v) for v in (a, b, c)))
+    a, b, c = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (a, b, c))
+    shape = np.broadcast_shapes(a.shape, b.shape, c.shape)
     with np.errstate(all="ignore"):
-        abs_a, abs_b, product = np.abs(a), np.abs(b), np.abs(a * b)
-        safe = (abs_a < _LARGEST) & (abs_b < _LARGEST) & (np.abs(c) < _LARGEST)
-        safe &= (abs_a > _SMALLEST_FACTOR) & (abs_b > _SMALLEST_FACTOR)
-        safe &= (product > _SMALLEST_PRODUCT) & (product < _LARGEST)
-        if safe.all():
-            return _transformed(a, b, c).reshape(shape)
+        product = np.abs(a * b)
+        safe = (product > _SMALLEST_PRODUCT) & (product < _LARGEST) & (np.abs(c) < _LARGEST)
+        for factor in (a, b):
+            magnitude = np.abs(factor)
+            safe &= (magnitude < _LARGEST) & (magnitude > _SMALLEST_FACTOR)
+        if safe.all():  # per-channel factors stay unbroadcast
+            return _transformed(a, b, c).reshape(result_shape)
+        a, b, c = (np.broadcast_to(v, shape).reshape(-1) for v in (a, b, c))
+        safe = np.broadcast_to(safe, shape).reshape(-1)
         out = a * b + c  # exact where a or b is 0, and right for infinities and NaNs in a or b
         factors = np.isfinite(a) & np.isfinite(b)
         out[factors & np.isinf(c)] = c[factors & np.isinf(c)]  # a finite product cannot cancel inf
@@ -84,4 +88,4 @@ def fma64(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
         out[safe] = _transformed(a[safe], b[safe], c[safe])
     for i in np.flatnonzero(nonzero & ~safe):
         out[i] = _exactly(float(a[i]), float(b[i]), float(c[i]))
-    return out.reshape(shape)
+    return out.reshape(result_shape)
