@@ -30,6 +30,16 @@ def test_derive_makes_a_variant_without_touching_the_original():
     assert np.abs(bn.normalize_batch(x, dialect=flax).var / exact - 1).max() > 0.1
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("elementwise", "nope"), ("reduction", "torch"), ("variance", "welford"), ("running_form", None)],
+)
+def test_a_variant_with_an_unknown_choice_is_refused(field, value):
+    """Refused where the dialect is made, naming the field, the value and the choices."""
+    with pytest.raises(bn.BatchNormError, match=rf"{field} must be one of .*; got {value!r}\."):
+        bn.dialects.get("torch").derive("torch-typo", **{field: value})
+
+
 def test_register_refuses_a_taken_name():
     with pytest.raises(bn.BatchNormError, match="already registered"):
         bn.dialects.register(bn.dialects.get("torch"))

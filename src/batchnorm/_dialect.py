@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from ._errors import BatchNormError
 
 __all__ = ["TF_MIN_EPSILON", "Dialect", "Elementwise", "Path"]
 
@@ -164,6 +167,15 @@ class Dialect:
     path: str = ""
     source: str = field(default="", compare=False)
 
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise BatchNormError(
+                    f"Dialect {self.name!r}: {name} must be one of {', '.join(map(repr, choices))}; got "
+                    f"{value!r}. Pass one of those (see batchnorm.Dialect's docstring for what each means)"
+                )
+
     def derive(self, name: str, **changes: Any) -> Dialect:
         """A variant of this dialect under a new name, e.g. ``get("flax").derive("flax-2pass",
         variance="two_pass")`` for Flax with ``use_fast_variance=False``."""
@@ -201,3 +213,11 @@ class Dialect:
         """The running update in words, for reprs and explanations."""
         side = "old value" if self.momentum_side == "old" else "new batch"
         return f"momentum weighs the {side}"
+
+
+#: the fields whose type is a Literal, with the values each may take (checked by Dialect.__post_init__)
+_CHOICES = {
+    name: typing.get_args(hint)
+    for name, hint in typing.get_type_hints(Dialect).items()
+    if typing.get_origin(hint) is Literal
+}

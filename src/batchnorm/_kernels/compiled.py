@@ -834,12 +834,7 @@ def _layout(outer: int, C: int, inner: int, segment: int, elementwise: bool) -> 
 def apply_affine(x3: np.ndarray, co: Coefficients, out3: np.ndarray) -> None:
     """out3 = the elementwise form of ``co`` applied to x3 (see :func:`.reference.apply_affine`)."""
     outer, C, inner = x3.shape
-    form = FORMS.get(co.form)
-    if form is None:  # a form this module does not know: the reference computes it
-        from . import reference
-
-        reference.apply_affine(x3, co, out3)
-        return
+    form = FORMS[co.form]
     if x3.size == 0:
         return
     dt = co.dtype

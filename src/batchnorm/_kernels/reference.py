@@ -37,8 +37,10 @@ def apply_affine(x3: np.ndarray, co: Coefficients, out3: np.ndarray) -> None:
         elif co.form == "normalized_fma":
             assert co.gain is not None
             y = fma((x - shift) * scale, _channel(co.gain), offset, co.dtype)
-        else:
+        elif co.form == "ratio":
             y = (x - shift) * scale / _channel(co.divisor) + offset
+        else:
+            raise AssertionError(f"unknown elementwise form {co.form!r}")  # Dialect refuses it first
     out3[...] = round_once(y, out3.dtype)
 
 
