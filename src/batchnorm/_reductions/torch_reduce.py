@@ -60,6 +60,7 @@ import numpy as np
 from numba import njit
 
 from .._errors import BatchNormError
+from ._fused_kernels import LANES, load, run_add, store
 from .torch_batchnorm import default_threads
 
 __all__ = ["GRAIN_SIZE", "VECTOR_BYTES", "moments"]
@@ -256,6 +257,9 @@ def _level_power(m):
 @_kernel
 def _add_items(xs, width, cs, a0, b0):
     """a0[k] += v, b0[k] += (v - cs[k])^2 for the values v of each consecutive item of ``width`` in xs."""
+    if width == 4 * LANES:
+        _add_vector_items(xs, cs, a0, b0)
+        return
     for j in range(xs.size // width):
         item = xs[j * width : (j + 1) * width]
         for k in range(width):
@@ -263,6 +267,24 @@ def _add_items(xs, width, cs, a0, b0):
             d = v - cs[k]
             a0[k] += v
             b0[k] += d * d
+
+
+@_kernel
+def _add_vector_items(xs, cs, a0, b0):
+    """:func:`_add_items` for items of four vectors: the accumulators stay in registers across the
+    items (lane k still adds the values at position k in item order, the same operations)."""
+    a_0, a_1, a_2, a_3 = load(a0, 0), load(a0, LANES), load(a0, 2 * LANES), load(a0, 3 * LANES)
+    b_0, b_1, b_2, b_3 = load(b0, 0), load(b0, LANES), load(b0, 2 * LANES), load(b0, 3 * LANES)
+    c_0, c_1, c_2, c_3 = load(cs, 0), load(cs, LANES), load(cs, 2 * LANES), load(cs, 3 * LANES)
+    for j in range(xs.size // (4 * LANES)):
+        at = j * 4 * LANES
+        a_0, b_0 = run_add(a_0, xs, at, None), run_add(b_0, xs, at, c_0)
+        a_1, b_1 = run_add(a_1, xs, at + LANES, None), run_add(b_1, xs, at + LANES, c_1)
+        a_2, b_2 = run_add(a_2, xs, at + 2 * LANES, None), run_add(b_2, xs, at + 2 * LANES, c_2)
+        a_3, b_3 = run_add(a_3, xs, at + 3 * LANES, None), run_add(b_3, xs, at + 3 * LANES, c_3)
+    for q, (a, b) in enumerate(((a_0, b_0), (a_1, b_1), (a_2, b_2), (a_3, b_3))):
+        store(a0, q * LANES, a)
+        store(b0, q * LANES, b)
 
 
 @_kernel
