@@ -60,7 +60,7 @@ import numpy as np
 from numba import njit
 
 from .._errors import BatchNormError
-from ._fused_kernels import LANES, load, run_add, store
+from ._fused_kernels import LANES, add, lane, load, run_add, splat, store, zeros
 from .torch_batchnorm import default_threads
 
 __all__ = ["GRAIN_SIZE", "VECTOR_BYTES", "moments"]
@@ -383,6 +383,35 @@ def _row(xs, c, lanes, cs, vector_levels, scalar_levels, zero):
     return sum_a, sum_b
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _short_vector_row(xs, c, groups, units, zero):
+    """:func:`_row` of a row of ``units`` vectors of LANES values (then a scalar tail) whose ``groups``
+    groups of four vectors end no cascade block: level 0 alone, each of the four ilp parts and both
+    sums in registers; the same operations in the same order."""
+    center = splat(c)
+    a_0 = a_1 = a_2 = a_3 = b_0 = b_1 = b_2 = b_3 = zeros(zero)
+    for j in range(groups):
+        at = j * 4 * LANES
+        a_0, b_0 = run_add(a_0, xs, at, None), run_add(b_0, xs, at, center)
+        a_1, b_1 = run_add(a_1, xs, at + LANES, None), run_add(b_1, xs, at + LANES, center)
+        a_2, b_2 = run_add(a_2, xs, at + 2 * LANES, None), run_add(b_2, xs, at + 2 * LANES, center)
+        a_3, b_3 = run_add(a_3, xs, at + 3 * LANES, None), run_add(b_3, xs, at + 3 * LANES, center)
+    for u in range(4 * groups, units):  # the vectors after the last group go to part 0
+        a_0, b_0 = run_add(a_0, xs, u * LANES, None), run_add(b_0, xs, u * LANES, center)
+    a_0 = add(add(add(a_0, a_1), a_2), a_3)
+    b_0 = add(add(add(b_0, b_1), b_2), b_3)
+    sum_a = zero
+    sum_b = zero
+    for i in range(units * LANES, xs.size):
+        d = xs[i] - c
+        sum_a += xs[i]
+        sum_b += d * d
+    for k in range(LANES):
+        sum_a += lane(a_0, k)
+        sum_b += lane(b_0, k)
+    return sum_a, sum_b
+
+
 @_kernel
 def _rows_into(flat, center, C, starts, lengths, lanes, zero, r0, r1, out_a, out_b):
     """Rows r0 .. r1 - 1, row r = flat[starts[r]:starts[r] + lengths[r]] of channel r % C: its sums
@@ -396,7 +425,11 @@ def _rows_into(flat, center, C, starts, lengths, lanes, zero, r0, r1, out_a, out
     cs = np.empty(width, dtype)
     for r in range(r0, r1):
         xs = flat[starts[r] : starts[r] + lengths[r]]
-        out_a[r], out_b[r] = _row(xs, center[r % C], lanes, cs, vector_levels, scalar_levels, zero)
+        units = xs.size // LANES
+        if lanes == LANES and xs.size >= LANES and units < 4 << 4:  # groups < 16: no cascade block ends
+            out_a[r], out_b[r] = _short_vector_row(xs, center[r % C], units // 4, units, zero)
+        else:
+            out_a[r], out_b[r] = _row(xs, center[r % C], lanes, cs, vector_levels, scalar_levels, zero)
 
 
 @_kernel
