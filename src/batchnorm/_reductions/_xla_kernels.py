@@ -284,6 +284,49 @@ def k1_row(v, j, means, acc, squares):
 
 
 @_serial
+def _k1_padded(v, j, means, acc, squares, pad):
+    """:func:`k1_row` of a row shorter than one block whose channel mean (if any) is finite: the row
+    copied into ``pad`` (BLOCK values) after values whose term is +0 (0, or the mean itself), one
+    vector step, then the halving sum of acc[0]. The rest of k1_row's tree adds +0 to that step's lane
+    sums or subtracts it, which gives them back exactly (a lane sum that starts at 0 + t is never -0),
+    and its Kahan error is dropped."""
+    k = v.shape[0]
+    fill = _mean(means, j)
+    for i in range(k):
+        pad[i] = v[i]
+    for i in range(k, BLOCK):
+        pad[i] = fill
+    acc[0, :] = np.float32(0.0)
+    _zero_row_if(squares)
+    _add_four(pad, 0, LANES, _lane_mean(means, j), 0, acc, squares)
+    return _halving_row(acc), _halving_row_if(squares)
+
+
+@_serial
+def _halving_row(acc):
+    """The halving horizontal sum of acc[0] (lanes 0-7 + 8-15, then 0-3 + 4-7, ...)."""
+    half = LANES
+    while half > 1:
+        half //= 2
+        for lane in range(half):
+            acc[0, lane] = acc[0, lane] + acc[0, lane + half]
+    return acc[0, 0]
+
+
+@_serial
+def _halving_row_if(squares):
+    if squares is None:
+        return np.float32(0.0)
+    return _halving_row(squares)
+
+
+@_serial
+def _zero_row_if(squares):
+    if squares is not None:
+        squares[0, :] = np.float32(0.0)
+
+
+@_serial
 def _add_if(out, index, value):
     if out is not None:
         out[index] = out[index] + value
@@ -316,15 +359,21 @@ def k1_groups(
     for chunk in prange(chunks):
         acc = np.zeros((4, LANES), dtype=np.float32)
         squares = _scratch_if(out_squares, LANES)
+        pad = np.empty(BLOCK, dtype=np.float32)
         for job in range(jobs * chunk // chunks, jobs * (chunk + 1) // chunks):
             g = job // n
             j = job % n
             index = slot[g] + j * stride_out
+            short = np.isfinite(_mean(means, j))
             for t in range(group_start[g], group_start[g + 1]):
                 k1 = tile_k1[t]
                 for r in range(tile_k2[t]):
                     start = tile_offset[t] + r * stride_k2 + j * stride_n
-                    total, total_squares = k1_row(x[start : start + k1], j, means, acc, squares)
+                    row = x[start : start + k1]
+                    if short and k1 < BLOCK:
+                        total, total_squares = _k1_padded(row, j, means, acc, squares, pad)
+                    else:
+                        total, total_squares = k1_row(row, j, means, acc, squares)
                     out[index] = out[index] + total
                     _add_if(out_squares, index, total_squares)
 
