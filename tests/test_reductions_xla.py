@@ -174,24 +174,29 @@ def test_k1_row_is_the_documented_tree(k):
     assert squares == ref_k1(list(v * v))
 
 
-@pytest.mark.parametrize("k", [1, 2, 15, 16, 17, 49, 63])
-@pytest.mark.parametrize("centered", [False, True])
-def test_a_row_shorter_than_a_block_takes_the_documented_tree(k, centered):
-    """k1_groups runs rows under 64 values as one padded vector step; the same bits as k1_row's tree,
-    signed zeros and an infinite mean (which keeps k1_row) included."""
+@pytest.mark.parametrize("k", [1, 2, 15, 16, 17, 49, 63, 65, 196, 255, 300])
+@pytest.mark.parametrize("mean", [None, 1e4 + 0.25, np.inf])
+def test_rows_take_the_documented_tree_through_k1_groups(k, mean):
+    """Rows under 64 values run as one vector step padded with values whose term is +0 (0, or a finite
+    mean); longer rows end in the scalar short block. The documented tree's bits either way, signed
+    zeros included; an infinite mean keeps k1_row (its padding values would give NaN terms)."""
     from batchnorm._reductions import _xla_kernels as kern
 
     rng = np.random.default_rng(k)
-    for mean in ([F(1e4 + 0.25)], [F(np.inf)]) if centered else (None,):
-        v = (1e4 + rng.standard_normal(k)).astype(F)
-        v[::3] = F(-0.0) if mean is None else v[::3]
-        means = None if mean is None else np.array(mean, F)
-        want = kern.k1_row(v, 0, means, np.zeros((4, 16), F), np.zeros((4, 16), F))
-        out, squares = np.full(1, F(0.5)), np.full(1, F(0.25))
-        one = np.array([0, 1], np.int64), np.array([0], np.int64), np.array([k], np.int64)
-        kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), means, out, squares, 1)
-        np.testing.assert_array_equal(out, [F(0.5) + want[0]])  # NaN where k1_row gives NaN
-        np.testing.assert_array_equal(squares, [F(0.25) + want[1]])
+    v = (1e4 + rng.standard_normal(k)).astype(F)
+    if mean is None:
+        v[::3] = F(-0.0)
+        terms = v
+    else:
+        with np.errstate(invalid="ignore"):
+            terms = (v - F(mean)) * (v - F(mean))
+    means = None if mean is None else np.array([mean], F)
+    out, squares = np.full(1, F(0.5)), np.full(1, F(0.25))
+    one = np.array([0, 1], np.int64), np.array([0], np.int64), np.array([k], np.int64)
+    kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), means, out, squares, 1)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(out, [F(0.5) + ref_k1(list(terms))])
+        np.testing.assert_array_equal(squares, [F(0.25) + ref_k1(list(terms * terms))])
 
 
 @pytest.mark.parametrize("k", [1, 3, 4, 5, 17, 255, 256, 257, 1000])
