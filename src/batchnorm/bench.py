@@ -45,8 +45,9 @@ FULL_SHAPES = [
     (65536, 64),
 ]
 QUICK_SHAPES = [(64, 256, 28, 28), (8, 3, 224, 224), (4096, 1024)]
-DIALECT_SHAPE = (64, 256, 28, 28)
-QUICK_DIALECT_SHAPE = (16, 256, 28, 28)
+#: the dialects' table: long NCHW rows, and short ones (7x7), where trees that sum row by row pay per row
+DIALECT_SHAPES = ((64, 256, 28, 28), (256, 512, 7, 7))
+QUICK_DIALECT_SHAPES = ((16, 256, 28, 28),)
 HALF_SHAPES = [(32, 64, 112, 112), (64, 256, 28, 28)]
 QUICK_HALF_SHAPES = [(64, 256, 28, 28)]
 OFFSETS = (0.0, 1e3, 1e4)
@@ -516,12 +517,12 @@ def dialect_table(rows: list[Row]) -> str:
             f"{r.dialect[:12]:>12}" for r in rows if (r.layout, r.path) == (rows[0].layout, rows[0].path)
         )
     ]
-    keys: list[tuple[str, str]] = []
+    keys: list[tuple[tuple[int, ...], str, str]] = []
     for r in rows:
-        if (r.layout, r.path) not in keys:
-            keys.append((r.layout, r.path))
-    for layout, path in keys:
-        sel = [r for r in rows if (r.layout, r.path) == (layout, path)]
+        if (r.shape, r.layout, r.path) not in keys:
+            keys.append((r.shape, r.layout, r.path))
+    for shape, layout, path in keys:
+        sel = [r for r in rows if (r.shape, r.layout, r.path) == (shape, layout, path)]
         cells = " ".join(f"{r.ours_ms / r.exact_ms:12.2f}" for r in sel)  # type: ignore[operator]
         lines.append(f"{'x'.join(map(str, sel[0].shape)):<16} {layout:<6} {path:<17} {cells}")
     return "\n".join(lines)
@@ -619,7 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = combine_runs(runs)
     print(f"numba threading layer: {numba.threading_layer()}")
     print(table(rows))
-    dialect_rows = dialect_cases(QUICK_DIALECT_SHAPE if args.quick else DIALECT_SHAPE, copier, repeats, rng)
+    dialect_rows = [
+        row
+        for shape in (QUICK_DIALECT_SHAPES if args.quick else DIALECT_SHAPES)
+        for row in dialect_cases(shape, copier, repeats, rng)
+    ]
     print("\ntime relative to the exact dialect (float32 input)")
     print(dialect_table(dialect_rows))
     half_rows = []
