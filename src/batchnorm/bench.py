@@ -514,7 +514,9 @@ def dialect_table(rows: list[Row]) -> str:
     lines = [
         f"{'shape':<16} {'layout':<6} {'path':<17} "
         + " ".join(
-            f"{r.dialect[:12]:>12}" for r in rows if (r.layout, r.path) == (rows[0].layout, rows[0].path)
+            f"{r.dialect[:12]:>12}"
+            for r in rows
+            if (r.shape, r.layout, r.path) == (rows[0].shape, rows[0].layout, rows[0].path)
         )
     ]
     keys: list[tuple[tuple[int, ...], str, str]] = []
