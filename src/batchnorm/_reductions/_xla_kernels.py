@@ -229,17 +229,30 @@ def _k1_short_block(b, m, means, acc, squares):
             squares[0, lane] = squares[0, lane] + local_squares
 
 
-@_serial
-def _halving_sum(acc):
-    """The horizontal sum of accumulator 2: 0 + lane, then lanes 0-7 + 8-15, 0-3 + 4-7, ..."""
-    for lane in range(LANES):
-        acc[2, lane] = np.float32(0.0) + acc[2, lane]
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _halve(acc, row):
+    """The halving horizontal sum of acc[row]: lanes 0-7 + 8-15, then 0-3 + 4-7, ..."""
     half = LANES
     while half > 1:
         half //= 2
         for lane in range(half):
-            acc[2, lane] = acc[2, lane] + acc[2, lane + half]
-    return acc[2, 0]
+            acc[row, lane] = acc[row, lane] + acc[row, lane + half]
+    return acc[row, 0]
+
+
+@_serial
+def _halve_if(squares, row):
+    if squares is None:
+        return np.float32(0.0)
+    return _halve(squares, row)
+
+
+@_serial
+def _halving_sum(acc):
+    """The horizontal sum of accumulator 2: 0 + lane, then halved."""
+    for lane in range(LANES):
+        acc[2, lane] = np.float32(0.0) + acc[2, lane]
+    return _halve(acc, 2)
 
 
 @_serial
@@ -299,25 +312,7 @@ def _k1_padded(v, j, means, acc, squares, pad):
     acc[0, :] = np.float32(0.0)
     _zero_row_if(squares)
     _add_four(pad, 0, LANES, _lane_mean(means, j), 0, acc, squares)
-    return _halving_row(acc), _halving_row_if(squares)
-
-
-@_serial
-def _halving_row(acc):
-    """The halving horizontal sum of acc[0] (lanes 0-7 + 8-15, then 0-3 + 4-7, ...)."""
-    half = LANES
-    while half > 1:
-        half //= 2
-        for lane in range(half):
-            acc[0, lane] = acc[0, lane] + acc[0, lane + half]
-    return acc[0, 0]
-
-
-@_serial
-def _halving_row_if(squares):
-    if squares is None:
-        return np.float32(0.0)
-    return _halving_row(squares)
+    return _halve(acc, 0), _halve_if(squares, 0)
 
 
 @_serial
