@@ -24,7 +24,7 @@ from batchnorm._kernels import reference
 compiled = pytest.importorskip("batchnorm._kernels.compiled")
 
 F16, BF16, F32, F64 = (np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64))
-FORMS = ["centered", "centered_fma", "affine", "fma", "ratio", "normalized_fma"]
+FORMS = ["centered", "affine", "fma", "ratio", "normalized_fma"]
 # (input, compute, output) dtypes as the functional layer pairs them: the frameworks compute in float32,
 # the exact dialect and float64 inputs in float64; Flax promotes half inputs to float32 outputs.
 APPLY_DTYPES = [

@@ -1,5 +1,6 @@
 """Training forward, batch statistics and the moving averages."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -30,6 +31,20 @@ def test_exact_batch_statistics_and_output(case):
     np.testing.assert_allclose(r.var, var.astype(np.float64), rtol=1e-12, atol=1e-12)
     want = textbook(x, mean, var, gamma, beta, eps, axes)
     assert ulp_distance(r.y, want, x.dtype).max() <= 1.0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_an_output_that_cancels_beta_exactly_is_zero(dtype):
+    """x = [3, 0]: mean 1.5, var 2.25, (0 - 1.5) / 1.5 * 1 + 1 = 0 exactly. The product rounded on its
+    own lands on -1 and the sum on 0; a multiply-add fused in float64 would keep s's rounding error
+    (5.6e-17)."""
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    x = np.array([[3.0], [0.0]]).astype(dt)
+    one = np.ones(1, np.float32)
+    r = bn.normalize_batch(x, one, one, axis=-1, eps=0.0)
+    np.testing.assert_array_equal(r.y.astype(np.float64), [[2.0], [0.0]])
+    y = bn.normalize(x, r.mean, r.var, one, one, axis=-1, eps=0.0)
+    np.testing.assert_array_equal(y.astype(np.float64), [[2.0], [0.0]])
 
 
 @given(inference_case(), st.sampled_from(bn.dialects.names()))

@@ -1,9 +1,8 @@
 """Per-channel coefficients of the inference map, in a dialect's own float arithmetic.
 
-The elementwise work (see :mod:`batchnorm._kernels`) is one of six forms over per-channel arrays::
+The elementwise work (see :mod:`batchnorm._kernels`) is one of four forms over per-channel arrays::
 
     centered: y = (x - shift) * scale + offset
-    centered_fma: y = fma64(x - shift, scale, offset)   the product and sum fused in float64, one rounding
     affine:   y = x * scale + offset                  offset = beta - mean * scale
     fma:      y = fma(x, scale, offset)               offset = fma(-mean, scale, beta)
     ratio:    y = (x - shift) * scale / divisor + offset     scale = gamma, divisor = sqrt(var + eps)

@@ -14,7 +14,7 @@ from ._errors import BatchNormError
 __all__ = ["TF_MIN_EPSILON", "Dialect", "Elementwise", "Path"]
 
 MomentumSide = Literal["old", "new"]
-Elementwise = Literal["centered", "centered_fma", "affine", "fma", "ratio", "normalized_fma"]
+Elementwise = Literal["centered", "affine", "fma", "ratio", "normalized_fma"]
 ScaleForm = Literal["reciprocal", "quotient"]
 Rsqrt = Literal["correct", "tensorflow", "xla"]
 Variance = Literal["two_pass", "sum_of_squares", "sum_of_squares_clamped"]
@@ -72,7 +72,6 @@ class Dialect:
 
         scale_form  "reciprocal": s = rsqrt(v + e) * g      "quotient": s = g / sqrt(v + e)
         elementwise "centered":   y = (x - m) * s + b
-                    "centered_fma": y = fma64(x - m, s, b), the product and sum fused in float64
                     "affine":     y = x * s + (b - m * s)
                     "fma":        y = fma(x, s, fma(-m, s, b))
                     "ratio":      y = g * (x - m) / sqrt(v + e) + b

@@ -65,7 +65,7 @@ EXACT = Dialect(
     statistics_precision="float64",
     precision="float64",
     scale_form="quotient",
-    elementwise="centered_fma",
+    elementwise="centered",
     eps_in_float32=False,
     source="y = (x - mean) / sqrt(var + eps) * gamma + beta in float64, rounded once",
 )

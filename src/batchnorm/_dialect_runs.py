@@ -66,7 +66,6 @@ def run_fields(d: Dialect, p: Problem, eps: float, source: str) -> dict[str, Any
 
 _FORMS = {
     "centered": "(x-m)*s+b",
-    "centered_fma": "fma64(x-m,s,b)",
     "affine": "x*s+(b-m*s)",
     "fma": "fma(x,s,fma(-m,s,b))",
     "ratio": "g*(x-m)/sqrt(v+e)+b",

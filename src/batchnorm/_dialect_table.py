@@ -31,13 +31,12 @@ _VARIANCE = {
 }
 _ELEMENTWISE = {
     "centered": "(x - m)*s + b",
-    "centered_fma": "fma(x - m, s, b), float64",
     "affine": "x*s + (b - m*s)",
     "fma": "fma(x, s, fma(-m, s, b))",
     "ratio": "g*(x - m)/sqrt(v + e) + b",
     "normalized_fma": "fma((x - m)*rsqrt(v + e), g, b)",
 }
-_SCALED = ("centered", "centered_fma", "affine", "fma")  # the forms that use s
+_SCALED = ("centered", "affine", "fma")  # the forms that use s
 _SCALE = {"reciprocal": "rsqrt(v + e)*g", "quotient": "g/sqrt(v + e)"}
 _RSQRT = {
     "correct": "1/sqrt, correctly rounded",

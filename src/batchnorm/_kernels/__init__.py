@@ -98,5 +98,5 @@ def grad_input(
     c: np.ndarray,
     out3: np.ndarray,
 ) -> None:
-    """out3 = fma(a, dy, fma(k, x - mean, c)) per channel, fused in float64, rounded once."""
+    """out3 = a * dy + k * (x - mean) + c per channel, in float64, rounded once."""
     _kernels().grad_input(dy3, x3, mean, a, k, c, out3)

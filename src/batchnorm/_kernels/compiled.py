@@ -9,8 +9,7 @@ Arithmetic contract, checked by ``tests/test_kernels.py``:
 
 - ``apply_affine`` and ``grad_input`` are bit-identical to the reference: the same operations in the
   same order and dtype (numba contracts no multiply-add into an FMA and reassociates nothing here; the
-  ``fma`` forms are float64 ``a * b + c`` rounded once to float32, as :func:`batchnorm._arithmetic.fma`;
-  ``centered_fma`` and ``grad_input`` fuse in float64 with LLVM's fma, as :func:`batchnorm._fma64.fma64`),
+  ``fma`` forms are float64 ``a * b + c`` rounded once to float32, as :func:`batchnorm._arithmetic.fma`),
   then one rounding to the output dtype as NumPy and ml_dtypes round (float64 -> bfloat16 and float16
   in one correct rounding, as :mod:`batchnorm._rounding`). float16 and bfloat16 travel as 16-bit
   integers and are converted here: float16 <-> float32 by F16C where the CPU has it, and float64 ->
@@ -50,7 +49,7 @@ from .._arithmetic import Coefficients
 __all__ = ["apply_affine", "grad_input", "grad_sums", "moments"]
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-FORMS = {"centered": 0, "affine": 1, "fma": 2, "ratio": 3, "normalized_fma": 4, "centered_fma": 5}
+FORMS = {"centered": 0, "affine": 1, "fma": 2, "ratio": 3, "normalized_fma": 4}
 VARIANCES = {"two_pass": 0, "sum_of_squares": 1, "sum_of_squares_clamped": 1}
 
 #: inner extents below this run channels-last style (columns), at or above it along rows
@@ -268,18 +267,6 @@ _f32_to_bf16 = _converter(types.float32, types.int16, _ir_f32_to_bf16)
 _f64_to_bf16 = _converter(types.float64, types.int16, _ir_f64_to_bf16)
 
 
-@intrinsic
-def _fma64(typingctx, a, b, c):
-    """a * b + c in float64 rounded once (LLVM's fma: one instruction where the CPU has FMA)."""
-    if not all(v == types.float64 for v in (a, b, c)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fma(*args)
-
-    return types.float64(types.float64, types.float64, types.float64), codegen
-
-
 # -- type-dispatched load / store: float16 travels as uint16, bfloat16 as int16 -------------------
 
 
@@ -348,8 +335,6 @@ def _form(form, x, sh, sc, dv, of, gn):
         return _as(np.float64(x) * np.float64(sc) + np.float64(of), x)
     if form == 3:
         return (x - sh) * sc / dv + of
-    if form == 5:  # fused in float64 (see batchnorm._fma64)
-        return _as(_fma64(np.float64(x - sh), np.float64(sc), np.float64(of)), x)
     return _as(np.float64((x - sh) * sc) * np.float64(gn) + np.float64(of), x)
 
 
@@ -400,9 +385,6 @@ def _affine_run(form, xs, ys, s, k, d, o, g):
     elif form == 3:
         for i in range(len(xs)):
             ys[i] = _store(_form(3, _load(xs[i], k), s, k, d, o, g), ys)
-    elif form == 5:
-        for i in range(len(xs)):
-            ys[i] = _store(_form(5, _load(xs[i], k), s, k, d, o, g), ys)
     else:
         for i in range(len(xs)):
             ys[i] = _store(_form(4, _load(xs[i], k), s, k, d, o, g), ys)
@@ -423,9 +405,6 @@ def _affine_columns(form, xs, ys, sh, sc, dv, of, gn):
     elif form == 3:
         for w in range(len(xs)):
             ys[w] = _store(_form(3, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
-    elif form == 5:
-        for w in range(len(xs)):
-            ys[w] = _store(_form(5, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
     else:
         for w in range(len(xs)):
             ys[w] = _store(_form(4, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
@@ -453,14 +432,14 @@ def _apply(x, sh, sc, dv, of, gn, form, out, outer, C, inner, nseg, nchunks):
 
 @_inline
 def _grad_run(gs, xs, ys, mc, ac, kc, cc):
-    """ys = fma(ac, gs, fma(kc, xs - mc, cc)) in float64 for a run of one channel's values."""
+    """ys = ac * gs + kc * (xs - mc) + cc in float64 for a run of one channel's values."""
     for i in range(len(xs)):
-        ys[i] = _store(_fma64(ac, _load(gs[i], 0.0), _fma64(kc, _load(xs[i], 0.0) - mc, cc)), ys)
+        ys[i] = _store(ac * _load(gs[i], 0.0) + kc * (_load(xs[i], 0.0) - mc) + cc, ys)
 
 
 @_parallel
 def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
-    """out = fma(a, dy, fma(k, x - m, c0)) per channel in float64 (layouts as in :func:`_apply`)."""
+    """out = a * dy + k * (x - m) + c0 per channel in float64 (layouts as in :func:`_apply`)."""
     cols = inner == 1
     items = -(-outer // nseg) if cols else outer * C * nseg
     for t in prange(nchunks):
@@ -470,8 +449,7 @@ def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
             for r in range(it0 * nseg, min(it1 * nseg, outer)):
                 gs, xs, ys = dy[r * C : (r + 1) * C], x[r * C : (r + 1) * C], out[r * C : (r + 1) * C]
                 for w in range(C):
-                    term = _fma64(k[w], _load(xs[w], 0.0) - m[w], c0[w])
-                    ys[w] = _store(_fma64(a[w], _load(gs[w], 0.0), term), ys)
+                    ys[w] = _store(a[w] * _load(gs[w], 0.0) + k[w] * (_load(xs[w], 0.0) - m[w]) + c0[w], ys)
         else:
             row, j, c = _position(it0, nseg, C)
             for _ in range(it0, it1):
@@ -906,7 +884,7 @@ def grad_input(
     c: np.ndarray,
     out3: np.ndarray,
 ) -> None:
-    """out3 = fma(a, dy, fma(k, x - mean, c)) per channel, fused in float64, rounded once."""
+    """out3 = a * dy + k * (x - mean) + c per channel, in float64, rounded once."""
     outer, C, inner = x3.shape
     if x3.size == 0:
         return

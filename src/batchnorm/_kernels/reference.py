@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._arithmetic import Coefficients, fma
-from .._fma64 import fma64
 from .._rounding import round_once
 
 __all__ = ["apply_affine", "grad_input", "grad_sums", "moments"]
@@ -32,8 +31,6 @@ def apply_affine(x3: np.ndarray, co: Coefficients, out3: np.ndarray) -> None:
             y = x * scale + offset
         elif co.form == "fma":
             y = fma(x, scale, offset, co.dtype)
-        elif co.form == "centered_fma":
-            y = fma64(x - shift, scale, offset).astype(co.dtype)
         elif co.form == "normalized_fma":
             assert co.gain is not None
             y = fma((x - shift) * scale, _channel(co.gain), offset, co.dtype)
@@ -79,9 +76,8 @@ def grad_input(
     c: np.ndarray,
     out3: np.ndarray,
 ) -> None:
-    """out3 = fma(a, dy, fma(k, x - mean, c)) per channel: fused in float64 (:func:`fma64`), rounded once."""
+    """out3 = a * dy + k * (x - mean) + c per channel, in float64, rounded once."""
     dy = dy3.astype(np.float64)
     centered = x3.astype(np.float64) - _channel(mean.astype(np.float64))
-    with np.errstate(invalid="ignore", over="ignore"):
-        dx = fma64(_channel(a), dy, fma64(_channel(k), centered, _channel(c)))
+    dx = _channel(a) * dy + _channel(k) * centered + _channel(c)
     out3[...] = round_once(dx, out3.dtype)
