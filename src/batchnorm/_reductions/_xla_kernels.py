@@ -296,7 +296,7 @@ def k1_row(v, j, means, acc, squares):
     return _halving_sum(acc), _halving_sum_if(squares)
 
 
-@_serial
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _k1_padded(v, j, means, acc, squares, pad):
     """:func:`k1_row` of a row shorter than one block whose channel mean (if any) is finite: the row
     copied into ``pad`` (BLOCK values) after values whose term is +0 (0, or the mean itself), one
