@@ -484,9 +484,9 @@ def _chan(cnt, m1, m2, t, w, nb, mb, qb):
 def _run_statistics(xs, squares, sq32):
     """A run of one channel's values: (sum x, sum x^2) when ``squares`` (x^2 rounded to float32 first
     when ``sq32``), else (mean, sum of squared deviations about it), two-pass."""
-    s1 = 0.0
-    s2 = 0.0
     if squares:
+        s1 = 0.0
+        s2 = 0.0
         if sq32:
             for i in range(len(xs)):
                 v = _load(xs[i], np.float32(0))
@@ -498,13 +498,8 @@ def _run_statistics(xs, squares, sq32):
                 s1 += v
                 s2 += v * v
         return s1, s2
-    for i in range(len(xs)):
-        s1 += _load(xs[i], 0.0)
-    mb = s1 / len(xs)
-    for i in range(len(xs)):
-        d = _load(xs[i], 0.0) - mb
-        s2 += d * d
-    return mb, s2
+    mb = _row_sum(xs) / len(xs)
+    return mb, _squared_deviations(xs, mb)
 
 
 @_inline
@@ -514,6 +509,16 @@ def _row_sum(xs):
     for i in range(len(xs)):
         s += _load(xs[i], 0.0)
     return s
+
+
+@_inline
+def _squared_deviations(xs, mb):
+    """sum((xs - mb)^2) in float64."""
+    q = 0.0
+    for i in range(len(xs)):
+        d = _load(xs[i], 0.0) - mb
+        q += d * d
+    return q
 
 
 @_inline
@@ -528,12 +533,7 @@ def _two_pass_rows(x, cnt, acc1, acc2, t, r0, r1, C, inner):
     c = r0 % C
     for r in range(r0, r1):
         s = _row_sum(x[(r + 1) * inner : (r + 2) * inner]) if r + 1 < r1 else 0.0
-        xs = x[r * inner : (r + 1) * inner]
-        q = 0.0
-        for i in range(inner):
-            d = _load(xs[i], 0.0) - mb
-            q += d * d
-        _chan(cnt, acc1, acc2, t, c, n, mb, q)
+        _chan(cnt, acc1, acc2, t, c, n, mb, _squared_deviations(x[r * inner : (r + 1) * inner], mb))
         mb = s / n
         c += 1
         if c == C:
