@@ -273,18 +273,25 @@ def _add_items(xs, width, cs, a0, b0):
 def _add_vector_items(xs, cs, a0, b0):
     """:func:`_add_items` for items of four vectors: the accumulators stay in registers across the
     items (lane k still adds the values at position k in item order, the same operations)."""
-    a_0, a_1, a_2, a_3 = load(a0, 0), load(a0, LANES), load(a0, 2 * LANES), load(a0, 3 * LANES)
-    b_0, b_1, b_2, b_3 = load(b0, 0), load(b0, LANES), load(b0, 2 * LANES), load(b0, 3 * LANES)
-    c_0, c_1, c_2, c_3 = load(cs, 0), load(cs, LANES), load(cs, 2 * LANES), load(cs, 3 * LANES)
+    a = load(a0, 0), load(a0, LANES), load(a0, 2 * LANES), load(a0, 3 * LANES)
+    b = load(b0, 0), load(b0, LANES), load(b0, 2 * LANES), load(b0, 3 * LANES)
+    c = load(cs, 0), load(cs, LANES), load(cs, 2 * LANES), load(cs, 3 * LANES)
     for j in range(xs.size // (4 * LANES)):
-        at = j * 4 * LANES
-        a_0, b_0 = run_add(a_0, xs, at, None), run_add(b_0, xs, at, c_0)
-        a_1, b_1 = run_add(a_1, xs, at + LANES, None), run_add(b_1, xs, at + LANES, c_1)
-        a_2, b_2 = run_add(a_2, xs, at + 2 * LANES, None), run_add(b_2, xs, at + 2 * LANES, c_2)
-        a_3, b_3 = run_add(a_3, xs, at + 3 * LANES, None), run_add(b_3, xs, at + 3 * LANES, c_3)
-    for q, (a, b) in enumerate(((a_0, b_0), (a_1, b_1), (a_2, b_2), (a_3, b_3))):
-        store(a0, q * LANES, a)
-        store(b0, q * LANES, b)
+        a, b = _add_group(a, b, xs, j * 4 * LANES, c)
+    for q in range(4):
+        store(a0, q * LANES, a[q])
+        store(b0, q * LANES, b[q])
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _add_group(a, b, xs, at, c):
+    """One item of four vectors at xs[at:]: vector q into a[q] and, as fl(fl(v - c[q])^2), into b[q]
+    (a, b, c: four Vectors each)."""
+    a_0, b_0 = run_add(a[0], xs, at, None), run_add(b[0], xs, at, c[0])
+    a_1, b_1 = run_add(a[1], xs, at + LANES, None), run_add(b[1], xs, at + LANES, c[1])
+    a_2, b_2 = run_add(a[2], xs, at + 2 * LANES, None), run_add(b[2], xs, at + 2 * LANES, c[2])
+    a_3, b_3 = run_add(a[3], xs, at + 3 * LANES, None), run_add(b[3], xs, at + 3 * LANES, c[3])
+    return (a_0, a_1, a_2, a_3), (b_0, b_1, b_2, b_3)
 
 
 @_kernel
@@ -389,17 +396,16 @@ def _short_vector_row(xs, c, groups, units, zero):
     groups of four vectors end no cascade block: level 0 alone, each of the four ilp parts and both
     sums in registers; the same operations in the same order."""
     center = splat(c)
-    a_0 = a_1 = a_2 = a_3 = b_0 = b_1 = b_2 = b_3 = zeros(zero)
+    centers = (center, center, center, center)
+    z = zeros(zero)
+    a = b = (z, z, z, z)
     for j in range(groups):
-        at = j * 4 * LANES
-        a_0, b_0 = run_add(a_0, xs, at, None), run_add(b_0, xs, at, center)
-        a_1, b_1 = run_add(a_1, xs, at + LANES, None), run_add(b_1, xs, at + LANES, center)
-        a_2, b_2 = run_add(a_2, xs, at + 2 * LANES, None), run_add(b_2, xs, at + 2 * LANES, center)
-        a_3, b_3 = run_add(a_3, xs, at + 3 * LANES, None), run_add(b_3, xs, at + 3 * LANES, center)
+        a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
+    a_0, b_0 = a[0], b[0]
     for u in range(4 * groups, units):  # the vectors after the last group go to part 0
         a_0, b_0 = run_add(a_0, xs, u * LANES, None), run_add(b_0, xs, u * LANES, center)
-    a_0 = add(add(add(a_0, a_1), a_2), a_3)
-    b_0 = add(add(add(b_0, b_1), b_2), b_3)
+    a_0 = add(add(add(a_0, a[1]), a[2]), a[3])
+    b_0 = add(add(add(b_0, b[1]), b[2]), b[3])
     sum_a = zero
     sum_b = zero
     for i in range(units * LANES, xs.size):
