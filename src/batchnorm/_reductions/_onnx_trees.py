@@ -167,22 +167,21 @@ def _eigen(x, start, n, head, m, square):
 
 @_serial
 def _channel_sums(x, N, C, S, c0, c1, centers, square, tree, head0, plan, values, totals):
-    """totals[c - c0] += each of channel c's N row sums (rows n * C + c of S values) in n order, for the
+    """totals[c] += each of channel c's N row sums (rows n * C + c of S values) in n order, for the
     channels c0 .. c1 - 1, walking the rows in memory order (n, then c). NumPy rows go two at a time,
     rows n and n + 1 of one channel (one ``plan``); Eigen rows set aside the values before their first
-    16-byte boundary, the array starting ``head0`` bytes past one (head0 < 0: no head). ``centers``:
-    each channel's m of the terms (see the module docstring)."""
+    16-byte boundary, the array starting ``head0`` bytes past one (head0 < 0: no head). ``centers[c]``:
+    channel c's m of the terms (see the module docstring)."""
     if tree == TREE_NUMPY:
         for n in range(0, N - 1, 2):
             for c in range(c0, c1):
-                m = centers[c - c0]
-                a, b = _pairwise2(x, (n * C + c) * S, ((n + 1) * C + c) * S, plan, m, square, values)
-                totals[c - c0] += a
-                totals[c - c0] += b
+                a, b = _pairwise2(x, (n * C + c) * S, ((n + 1) * C + c) * S, plan, centers[c], square, values)
+                totals[c] += a
+                totals[c] += b
         if N % 2:
             for c in range(c0, c1):
                 last = ((N - 1) * C + c) * S
-                totals[c - c0] += _pairwise2(x, last, last, plan, centers[c - c0], square, values)[0]
+                totals[c] += _pairwise2(x, last, last, plan, centers[c], square, values)[0]
         return
     for n in range(N):
         for c in range(c0, c1):
@@ -191,26 +190,34 @@ def _channel_sums(x, N, C, S, c0, c1, centers, square, tree, head0, plan, values
             if head0 >= 0:
                 address = head0 + start * 4
                 head = S if address % 4 else min(((16 - address % 16) % 16) // 4, S)
-            totals[c - c0] += _eigen(x, start, S, head, centers[c - c0], square)
+            totals[c] += _eigen(x, start, S, head, centers[c], square)
 
 
 @_serial
-def _range_moments(x, N, C, S, c0, c1, deviation, tree, head0, plan, wide, mean, moment, values):
+def _divided(total, n, wide):
+    """total / n as NumPy (``wide``: in float64, rounded once) or Eigen (in float32) divides."""
+    if wide:
+        return np.float32(np.float64(total) / np.float64(n))
+    return total / np.float32(n)
+
+
+@_serial
+def _range_moments(x, N, C, S, c0, c1, deviation, tree, head0, plan, wide, mean, moment, values, sums):
     """Channels c0 .. c1 - 1: the mean, then the mean of the squares about it (``deviation``, else about
-    0). Divisions as NumPy (``wide``: in float64, rounded once) or Eigen (in float32) divide; the
-    squares' Eigen sums have no head."""
-    count = np.float32(N * S)
-    totals = np.zeros(c1 - c0, np.float32)
-    centers = np.zeros(c1 - c0, np.float32)
+    0), divided as :func:`_divided`; the squares' Eigen sums have no head. ``sums``: (2, C) scratch,
+    each channel's running sum and center."""
+    totals, centers = sums[0], sums[1]
+    totals[c0:c1] = np.float32(0)
+    centers[c0:c1] = np.float32(0)
     _channel_sums(x, N, C, S, c0, c1, centers, False, tree, head0, plan, values, totals)
     for c in range(c0, c1):
-        mean[c] = np.float64(totals[c - c0]) / np.float64(N * S) if wide else totals[c - c0] / count
+        mean[c] = _divided(totals[c], N * S, wide)
+        totals[c] = np.float32(0)
         if deviation:
-            centers[c - c0] = mean[c]
-    totals[:] = np.float32(0)
+            centers[c] = mean[c]
     _channel_sums(x, N, C, S, c0, c1, centers, True, tree, -1, plan, values, totals)
     for c in range(c0, c1):
-        moment[c] = np.float64(totals[c - c0]) / np.float64(N * S) if wide else totals[c - c0] / count
+        moment[c] = _divided(totals[c], N * S, wide)
 
 
 @_parallel
@@ -221,12 +228,13 @@ def _channel_moments(x, N, C, S, deviation, tree, head0, plan, wide, mean, momen
     cache where the channel fits)."""
     for t in prange(nchunks):
         values = np.empty((STACK, 2), np.float32)
+        sums = np.empty((2, C), np.float32)
+        args = (deviation, tree, head0, plan, wide, mean, moment, values, sums)
         if S < ROW_MAJOR_BELOW:
-            c0, c1 = C * t // nchunks, C * (t + 1) // nchunks
-            _range_moments(x, N, C, S, c0, c1, deviation, tree, head0, plan, wide, mean, moment, values)
+            _range_moments(x, N, C, S, C * t // nchunks, C * (t + 1) // nchunks, *args)
         else:
             for c in range(t, C, nchunks):
-                _range_moments(x, N, C, S, c, c + 1, deviation, tree, head0, plan, wide, mean, moment, values)
+                _range_moments(x, N, C, S, c, c + 1, *args)
 
 
 @_parallel
