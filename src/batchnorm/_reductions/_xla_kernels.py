@@ -299,26 +299,27 @@ def k1_row(v, j, means, acc, squares):
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _k1_padded(v, j, means, acc, squares, pad):
     """:func:`k1_row` of a row shorter than one block whose channel mean (if any) is finite: the row
-    copied into ``pad`` (BLOCK values) after values whose term is +0 (0, or the mean itself), one
-    vector step, then the halving sum of acc[0]. The rest of k1_row's tree adds +0 to that step's lane
-    sums or subtracts it, which gives them back exactly (a lane sum that starts at 0 + t is never -0),
-    and its Kahan error is dropped."""
+    copied into ``pad`` (BLOCK values) and followed there by values whose term is +0 (0, or the mean
+    itself), one vector step, then the halving sum of acc[0]. The rest of k1_row's tree adds +0 to that
+    step's lane sums or subtracts it, which gives them back exactly (a lane sum that starts at 0 + t is
+    never -0), and its Kahan error is dropped."""
     k = v.shape[0]
     fill = _mean(means, j)
     for i in range(k):
         pad[i] = v[i]
     for i in range(k, BLOCK):
         pad[i] = fill
-    acc[0, :] = np.float32(0.0)
+    _zero_row_if(acc)
     _zero_row_if(squares)
     _add_four(pad, 0, LANES, _lane_mean(means, j), 0, acc, squares)
     return _halve(acc, 0), _halve_if(squares, 0)
 
 
 @_serial
-def _zero_row_if(squares):
-    if squares is not None:
-        squares[0, :] = np.float32(0.0)
+def _zero_row_if(acc):
+    """acc[0] = 0 (nothing where acc is None)."""
+    if acc is not None:
+        acc[0, :] = np.float32(0.0)
 
 
 @_serial
