@@ -281,6 +281,26 @@ def test_onnxruntime_sums_other_memory_orders_as_an_nchw_copy(backend, shape):
         assert same_bits(batch.mean, nchw[0]) and same_bits(batch.var, nchw[1])
 
 
+@given(
+    n=st.integers(2, 9),
+    s=st.integers(1, 70),
+    c=st.integers(1, 40),
+    block=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_onnxruntime_channels_last_in_place_equals_the_nchw_copy(n, s, c, block, seed):
+    """Channels-last float32 summed in place (S % 4 == 0 or S >= 8: every column's head, blocks, extra
+    packet and tail where the copy has them; blocks of a few n, in parallel) against the oracle on the
+    NCHW copy. At 1e4 + randn every head's place shows in the last bits."""
+    _kernels.use("compiled")
+    x = sample(np.random.default_rng(seed), (n, s, c), F32, 1e4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_onnx_trees, "BLOCK_VALUES", block * c)
+        got = ort_tree.moments(x.reshape(n * s, c, 1), "two_pass", F32, shape=x.shape)
+    want = ort_moments_oracle(np.ascontiguousarray(x.transpose(0, 2, 1)), 0)
+    assert same_bits(got[0], want[0]) and same_bits(got[1], want[1])
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16])
 def test_onnxruntime_half_inputs_are_the_float32_statistics_of_the_upcast(dtype):
     """onnxruntime runs the float32 kernel between Casts, on a fresh (aligned) buffer."""

@@ -30,6 +30,9 @@ PARALLEL_MIN = 1 << 16
 #: rows shorter than this are read in memory order (rows of one channel lie C rows apart: read one
 #: channel at a time, short rows defeat the prefetchers: measured 1.3-2.6x faster at rows of 49).
 ROW_MAJOR_BELOW = 1024
+#: channels-last onnxruntime: the column sums of a block of n, about this many values (256 kB), are
+#: held until they are added in n order.
+BLOCK_VALUES = 1 << 16
 #: frames of the explicit pairwise recursion (its depth is log2(n / 128) + 1 at most).
 STACK = 64
 
@@ -237,52 +240,130 @@ def _channel_moments(x, N, C, S, deviation, tree, head0, plan, wide, mean, momen
                 _range_moments(x, N, C, S, c, c + 1, *args)
 
 
-@_parallel
-def _channels_last_eigen(x, N, S, C, deviation, mean, moment, nchunks):
-    """onnxruntime's moments of channels-last memory x (N, S, C), S % 4 == 0, as it sums the C-contiguous
-    NCHW copy at a 16-byte boundary: every column (n, c) then starts aligned (no head, no tail), so the
-    value at spatial index i goes to lane i % 8 (the extra packet, S % 8 == 4, to lanes 0-3 after p0 +
-    p1) for all channels alike. Threads take channel ranges and stream the rows, lanes as 8 x width
-    accumulators vectorized across channels."""
-    count = np.float32(N * S)
+@_serial
+def _aligned_columns(x, n, S, C, about, square, lanes, sums):
+    """sums[c] = the Eigen sum of column (n, c) of the NCHW copy of channels-last x (N, S, C), for columns
+    that start at a 16-byte boundary (no head, as every squares' sum): the value at spatial index i goes
+    to lane i % 8 (the extra packet, S % 8 >= 4, to lanes 0-3 after p0 + p1) for all channels alike, so
+    the lanes are vectorized across channels; the last S % 4 values follow in a row."""
+    size = S - S % 4
     size2 = S - S % 8
+    for i in range(min(size2, 8) if size2 else 4):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        for c in range(C):
+            lanes[i, c] = _term(row[c], about[c], square)
+    for i in range(8, size2):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        acc = lanes[i % 8]
+        for c in range(C):
+            acc[c] += _term(row[c], about[c], square)
+    if size2:
+        for k in range(4):
+            lanes[k] += lanes[k + 4]
+        if size > size2:
+            for k in range(4):
+                row = x[(n * S + size2 + k) * C : (n * S + size2 + k + 1) * C]
+                acc = lanes[k]
+                for c in range(C):
+                    acc[c] += _term(row[c], about[c], square)
+    for c in range(C):
+        sums[c] = (lanes[0, c] + lanes[2, c]) + (lanes[1, c] + lanes[3, c])
+    for i in range(size, S):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        for c in range(C):
+            sums[c] += _term(row[c], about[c], square)
+
+
+@_serial
+def _headed_sums(x, n, S, C, lanes, bounds, sums):
+    """sums[c] = the Eigen sum of column (n, c) of the NCHW copy of channels-last x (N, S, C), S % 4 != 0
+    and S >= 8. The column starts (n * C + c) * S values past the copy's 16-byte aligned start, so its
+    head h = -(n * C + c) * S mod 4 differs between channels, and with it where its blocks of 8, its
+    extra packet and its tail begin. Vectorized across channels all the same: value i of the blocks
+    (lane (i - h) % 8) goes to slot i % 8, of the extra packet (lane (i - h) % 4, the blocks being a
+    multiple of 8 long) to slot i % 4 after the slots' halves are added, so p0 + p1 of lane k is slot
+    (k + h) % 4, and the lanes' combination (p0 + p2) + (p1 + p3) is (s0 + s2) + (s1 + s3) for every h
+    (float addition commutes). Where a value is not the channel's, -0.0 is added (t + -0.0 == t for every
+    t, signed zeros included); the head and the tail follow in a row. ``bounds``: (3, C) int scratch."""
+    skip = np.float32(-0.0)
+    first, stop, tail = bounds[0], bounds[1], bounds[2]
+    common = S  # below this every channel's blocks are still running
+    for h in range(4):
+        common = min(common, S - (S - h) % 8)
+    for c in range(C):
+        h = -((n * C + c) * S) % 4
+        first[c] = h
+        stop[c] = S - (S - h) % 8
+        tail[c] = S - (S - h) % 4
+    lanes[:, :] = skip
+    for i in range(S):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        acc = lanes[i % 8]
+        if 3 <= i < common:
+            for c in range(C):
+                acc[c] += row[c]
+        else:
+            for c in range(C):
+                acc[c] += row[c] if first[c] <= i < stop[c] else skip
+    for k in range(4):
+        lanes[k] += lanes[k + 4]
+    for i in range(common, S):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        acc = lanes[i % 4]
+        for c in range(C):
+            acc[c] += row[c] if stop[c] <= i < tail[c] else skip
+    for c in range(C):
+        sums[c] = (lanes[0, c] + lanes[2, c]) + (lanes[1, c] + lanes[3, c])
+    for i in range(3):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        for c in range(C):
+            sums[c] += row[c] if i < first[c] else skip
+    for i in range(common, S):
+        row = x[(n * S + i) * C : (n * S + i + 1) * C]
+        for c in range(C):
+            sums[c] += row[c] if i >= tail[c] else skip
+
+
+@_parallel
+def _column_block(x, n0, n1, S, C, about, square, headed, lanes, bounds, sums, nchunks):
+    """sums[n - n0] = the Eigen sums of columns (n, 0 .. C - 1) for n0 <= n < n1, each thread a range of
+    n (whole rows of memory: threads that split the channels of each row slow each other down here)."""
     for t in prange(nchunks):
-        c0, c1 = t * C // nchunks, (t + 1) * C // nchunks
-        width = c1 - c0
-        lanes = np.empty((8, width), np.float32)
-        totals = np.zeros(width, np.float32)
-        about = np.zeros(width, np.float32)
-        for square in (False, True):
+        for n in range(n0 + (n1 - n0) * t // nchunks, n0 + (n1 - n0) * (t + 1) // nchunks):
+            if headed:
+                _headed_sums(x, n, S, C, lanes[t], bounds[t], sums[n - n0])
+            else:
+                _aligned_columns(x, n, S, C, about, square, lanes[t], sums[n - n0])
+
+
+@_serial
+def _channels_last_eigen(x, N, S, C, deviation, mean, moment, block, nchunks):
+    """onnxruntime's moments of channels-last memory x (N, S, C), S % 4 == 0 or S >= 8, as it sums the
+    C-contiguous NCHW copy at a 16-byte boundary (:func:`_aligned_columns`, and :func:`_headed_sums` for
+    the sums when S % 4 != 0): blocks of ``block`` n summed in parallel, then added to each channel in n
+    order."""
+    count = np.float32(N * S)
+    lanes = np.empty((nchunks, 8, C), np.float32)
+    bounds = np.empty((nchunks, 3, C), np.int64)
+    sums = np.empty((min(block, N), C), np.float32)
+    about = np.zeros(C, np.float32)
+    totals = np.zeros(C, np.float32)
+    for square in (False, True):
+        if square and deviation:
+            about[:] = mean
+        headed = S % 4 != 0 and not square
+        for n0 in range(0, N, block):
+            n1 = min(N, n0 + block)
+            _column_block(x, n0, n1, S, C, about, square, headed, lanes, bounds, sums, nchunks)
+            for n in range(n1 - n0):
+                for c in range(C):
+                    totals[c] += sums[n, c]
+        for c in range(C):
             if square:
-                totals[:] = 0
-                if deviation:
-                    about[:] = mean[c0:c1]
-            for n in range(N):
-                for i in range(min(S, 8) if size2 else 4):
-                    row = x[(n * S + i) * C + c0 : (n * S + i) * C + c1]
-                    for j in range(width):
-                        lanes[i, j] = _term(row[j], about[j], square)
-                for i in range(8, size2):
-                    row = x[(n * S + i) * C + c0 : (n * S + i) * C + c1]
-                    acc = lanes[i % 8]
-                    for j in range(width):
-                        acc[j] += _term(row[j], about[j], square)
-                if size2:
-                    for k in range(4):
-                        lanes[k] += lanes[k + 4]
-                    if S > size2:
-                        for k in range(4):
-                            row = x[(n * S + size2 + k) * C + c0 : (n * S + size2 + k) * C + c1]
-                            acc = lanes[k]
-                            for j in range(width):
-                                acc[j] += _term(row[j], about[j], square)
-                for j in range(width):
-                    totals[j] += (lanes[0, j] + lanes[2, j]) + (lanes[1, j] + lanes[3, j])
-            for j in range(width):
-                if square:
-                    moment[c0 + j] = totals[j] / count
-                else:
-                    mean[c0 + j] = totals[j] / count
+                moment[c] = totals[c] / count
+            else:
+                mean[c] = totals[c] / count
+            totals[c] = 0
 
 
 @_parallel
@@ -408,11 +489,13 @@ def channel_moments(
 
 def channels_last_eigen_moments(x3: np.ndarray, batch: int, deviation: bool) -> tuple[np.ndarray, np.ndarray]:
     """:func:`channel_moments` of the Eigen tree for the NCHW copy of channels-last float32 memory: x3 is
-    (batch * S, C, 1), batch the input's first axis, S % 4 == 0; no copy is made."""
+    (batch * S, C, 1), batch the input's first axis, S % 4 == 0 or S >= 8; no copy is made."""
     rows, C, _ = x3.shape
     mean, moment = np.empty(C, np.float32), np.empty(C, np.float32)
-    args = (x3.reshape(-1), batch, rows // batch, C, deviation, mean, moment)
-    _launch(_channels_last_eigen, *args, _chunks(C, x3.size))
+    chunks = _chunks(batch, x3.size)
+    block = max(chunks, BLOCK_VALUES // C)
+    args = (x3.reshape(-1), batch, rows // batch, C, deviation, mean, moment, block)
+    _launch(_channels_last_eigen, *args, chunks)
     return mean, moment
 
 

@@ -29,7 +29,8 @@ onnxruntime as a C-contiguous NCHW copy; from ``shape`` (the input's shape in me
 axis moves behind the first (batch) axis, the others kept in memory order, and the copy's offset is 0:
 NumPy's allocations are 16-byte aligned, and so are onnxruntime's own (64-byte). Measured bit for bit
 for channels-last and channel-outermost memory; Fortran order (axes reversed in memory, which ``shape``
-cannot tell) is not followed.
+cannot tell) is not followed. Channels-last float32 with S % 4 == 0 or S >= 8 is summed in place, as
+that copy would be: each column's head follows from its place in the copy.
 
 Half inputs: onnxruntime has no float16 BatchNormalization on CPU; its InsertCastTransformer puts the node
 in float32 between Casts, so the statistics are the float32 ones of the upcast input, in a fresh buffer
@@ -94,11 +95,13 @@ def _finish(
 
 def _channels_last_batch(x3: np.ndarray, shape: tuple[int, ...] | None) -> int:
     """N where x3 (N * S, C, 1) is channels-last memory (..., N, ..., C), N > 1 its first axis longer
-    than 1 (see :func:`_nchw`), of columns of S % 4 == 0 values (all aligned in the NCHW copy), else 0."""
+    than 1 (see :func:`_nchw`), of columns of S values with S % 4 == 0 (all aligned in the NCHW copy) or
+    S >= 8 (every column's head and blocks in place), else 0."""
     if shape is None or x3.shape[2] != 1 or shape[-1] != x3.shape[1]:
         return 0
     batch = next((n for n in shape[:-1] if n > 1), 1)
-    return batch if batch > 1 and (x3.shape[0] // batch) % 4 == 0 else 0
+    S = x3.shape[0] // batch
+    return batch if batch > 1 and (S % 4 == 0 or S >= 8) else 0
 
 
 def _nchw(x3: np.ndarray, shape: tuple[int, ...] | None) -> tuple[np.ndarray, bool]:
