@@ -38,6 +38,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 LANES = 16
@@ -109,11 +110,7 @@ def _add_four_codegen(mean_kind: str, with_squares: bool):
             return builder.bitcast(builder.gep(pointer, [index]), _VECTOR.as_pointer())
 
         if mean_kind == "scalar":  # one channel's mean in every lane
-            undefined = ir.Constant(_VECTOR, ir.Undefined)
-            means = builder.insert_element(undefined, mean, ir.Constant(ir.IntType(32), 0))
-            means = builder.shuffle_vector(
-                means, undefined, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-            )
+            means = _splat(builder, mean)
         elif mean_kind == "lanes":  # a mean per lane
             means_data = context.make_array(signature.args[3])(context, builder, mean).data
             means = builder.load(vector(means_data, at), align=4)
@@ -241,13 +238,6 @@ def _halve(acc, row):
 
 
 @_serial
-def _halve_if(squares, row):
-    if squares is None:
-        return np.float32(0.0)
-    return _halve(squares, row)
-
-
-@_serial
 def _halving_sum(acc):
     """The horizontal sum of accumulator 2: 0 + lane, then halved."""
     for lane in range(LANES):
@@ -296,30 +286,78 @@ def k1_row(v, j, means, acc, squares):
     return _halving_sum(acc), _halving_sum_if(squares)
 
 
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _k1_padded(v, j, means, acc, squares, pad):
-    """:func:`k1_row` of a row shorter than one block whose channel mean (if any) is finite: the row
-    copied into ``pad`` (BLOCK values) and followed there by values whose term is +0 (0, or the mean
-    itself), one vector step, then the halving sum of acc[0]. The rest of k1_row's tree adds +0 to that
-    step's lane sums or subtracts it, which gives them back exactly (a lane sum that starts at 0 + t is
-    never -0), and its Kahan error is dropped."""
-    k = v.shape[0]
-    fill = _mean(means, j)
-    for i in range(k):
-        pad[i] = v[i]
-    for i in range(k, BLOCK):
-        pad[i] = fill
-    _zero_row_if(acc)
-    _zero_row_if(squares)
-    _add_four(pad, 0, LANES, _lane_mean(means, j), 0, acc, squares)
-    return _halve(acc, 0), _halve_if(squares, 0)
+def _short_row_codegen(centered: bool, with_squares: bool):
+    def codegen(context, builder, signature, args):
+        values, first, count, mean, _ = args
+        data = context.make_array(signature.args[0])(context, builder, values).data
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        zero = ir.Constant(_VECTOR, None)  # +0 in every lane
+        load_type = ir.FunctionType(
+            _VECTOR, [_VECTOR.as_pointer(), i32, ir.VectorType(ir.IntType(1), LANES), _VECTOR]
+        )
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, load_type, f"llvm.masked.load.v{LANES}f32.p0"
+        )
+        positions = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
+        first, count = _wide(builder, first), _splat(builder, _wide(builder, count))
+        terms = []
+        for q in range(4):
+            index = ir.Constant(i64, q * LANES)
+            inside = builder.icmp_signed("<", builder.add(positions, _splat(builder, index)), count)
+            pointer = builder.bitcast(builder.gep(data, [builder.add(first, index)]), _VECTOR.as_pointer())
+            t = builder.call(masked_load, [pointer, ir.Constant(i32, 4), inside, zero])
+            if centered:
+                d = builder.fsub(t, _splat(builder, mean))
+                t = builder.select(inside, builder.fmul(d, d), zero)
+            terms.append(t)
+        totals = []
+        for parts in [terms] + ([[builder.fmul(t, t) for t in terms]] if with_squares else []):
+            local = zero
+            for t in parts:
+                local = builder.fadd(local, t)
+            width = LANES
+            while width > 1:
+                width //= 2
+                halves = [
+                    ir.Constant(ir.VectorType(i32, width), list(range(h, h + width))) for h in (0, width)
+                ]
+                low, high = (builder.shuffle_vector(local, local, half) for half in halves)
+                local = builder.fadd(low, high)
+            totals.append(builder.extract_element(local, ir.Constant(i32, 0)))
+        totals += [] if with_squares else [ir.Constant(ir.FloatType(), 0.0)]
+        return context.make_tuple(builder, signature.return_type, totals)
+
+    return codegen
 
 
-@_serial
-def _zero_row_if(acc):
-    """acc[0] = 0 (nothing where acc is None)."""
-    if acc is not None:
-        acc[0, :] = np.float32(0.0)
+def _wide(builder, integer):
+    """A signed integer as i64."""
+    return integer if integer.type.width == 64 else builder.sext(integer, ir.IntType(64))
+
+
+def _splat(builder, scalar):
+    """``scalar`` in every one of LANES lanes."""
+    undefined = ir.Constant(ir.VectorType(scalar.type, LANES), ir.Undefined)
+    vector = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(
+        vector, undefined, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+    )
+
+
+@intrinsic
+def _short_row(typingctx, values, first, count, mean, squares):
+    """:func:`k1_row` of the ``count`` < 64 values from values.flat[first], in registers: the one block
+    ``local = (((0 + t(v0)) + t(v1)) + t(v2)) + t(v3)`` over four masked 16-value loads (lanes past the
+    row hold the term +0, as the zero padding's term is), then its halving sum (lanes 0-7 + 8-15, ...);
+    t(v) is v (``mean`` None) or (v - m)^2 with the float ``mean`` m. Returns (sum, sum of squares: the
+    same tree of t(v)^2 where ``squares`` is an array, else 0). The rest of k1_row's tree adds +0 to the
+    lane sums or subtracts it, which gives them back exactly (a lane sum that starts at 0 + t is never
+    -0), and its Kahan error is dropped; reads nothing past the row."""
+    if not (isinstance(values, types.Array) and values.dtype == types.float32 and values.layout == "C"):
+        return None
+    centered = isinstance(mean, types.Float)
+    signature = types.UniTuple(types.float32, 2)(values, first, count, mean, squares)
+    return signature, _short_row_codegen(centered, isinstance(squares, types.Array))
 
 
 @_serial
@@ -355,7 +393,6 @@ def k1_groups(
     for chunk in prange(chunks):
         acc = np.zeros((4, LANES), dtype=np.float32)
         squares = _scratch_if(out_squares, LANES)
-        pad = np.empty(BLOCK, dtype=np.float32)
         for job in range(jobs * chunk // chunks, jobs * (chunk + 1) // chunks):
             g = job // n
             j = job % n
@@ -365,11 +402,10 @@ def k1_groups(
                 k1 = tile_k1[t]
                 for r in range(tile_k2[t]):
                     start = tile_offset[t] + r * stride_k2 + j * stride_n
-                    row = x[start : start + k1]
                     if short and k1 < BLOCK:
-                        total, total_squares = _k1_padded(row, j, means, acc, squares, pad)
+                        total, total_squares = _short_row(x, start, k1, _lane_mean(means, j), squares)
                     else:
-                        total, total_squares = k1_row(row, j, means, acc, squares)
+                        total, total_squares = k1_row(x[start : start + k1], j, means, acc, squares)
                     out[index] = out[index] + total
                     _add_if(out_squares, index, total_squares)
 
