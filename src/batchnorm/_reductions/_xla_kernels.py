@@ -397,12 +397,11 @@ def k1_groups(
             g = job // n
             j = job % n
             index = slot[g] + j * stride_out
-            short = np.isfinite(_mean(means, j))
             for t in range(group_start[g], group_start[g + 1]):
                 k1 = tile_k1[t]
                 for r in range(tile_k2[t]):
                     start = tile_offset[t] + r * stride_k2 + j * stride_n
-                    if short and k1 < BLOCK:
+                    if k1 < BLOCK:
                         total, total_squares = _short_row(x, start, k1, _lane_mean(means, j), squares)
                     else:
                         total, total_squares = k1_row(x[start : start + k1], j, means, acc, squares)
