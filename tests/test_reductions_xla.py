@@ -169,7 +169,7 @@ def test_k1_row_is_the_documented_tree(k):
 
     rng = np.random.default_rng(k)
     v = (1e4 + rng.standard_normal(k)).astype(F)
-    total, squares = kern.k1_row(v, 0, None, np.zeros((4, 16), F), np.zeros((4, 16), F))
+    total, squares = kern.k1_row(v, 0, (None, None, None), np.zeros((4, 16), F), np.zeros((4, 16), F))
     assert total == ref_k1(list(v))
     assert squares == ref_k1(list(v * v))
 
@@ -177,9 +177,9 @@ def test_k1_row_is_the_documented_tree(k):
 @pytest.mark.parametrize("k", [1, 2, 15, 16, 17, 49, 63, 65, 196, 255, 300])
 @pytest.mark.parametrize("mean", [None, 1e4 + 0.25, np.inf])
 def test_rows_take_the_documented_tree_through_k1_groups(k, mean):
-    """Rows under 64 values run as one vector step padded with values whose term is +0 (0, or a finite
-    mean); longer rows end in the scalar short block. The documented tree's bits either way, signed
-    zeros included; an infinite mean keeps k1_row (its padding values would give NaN terms)."""
+    """Rows under 64 values run as one vector step in registers, the lanes past the row holding the term
+    +0 (whatever the mean); longer rows end in the scalar short block. The documented tree's bits either
+    way, signed zeros and an infinite mean included."""
     from batchnorm._reductions import _xla_kernels as kern
 
     rng = np.random.default_rng(k)
@@ -190,10 +190,10 @@ def test_rows_take_the_documented_tree_through_k1_groups(k, mean):
     else:
         with np.errstate(invalid="ignore"):
             terms = (v - F(mean)) * (v - F(mean))
-    means = None if mean is None else np.array([mean], F)
+    term = (None if mean is None else np.array([mean], F), None, None)
     out, squares = np.full(1, F(0.5)), np.full(1, F(0.25))
     one = np.array([0, 1], np.int64), np.array([0], np.int64), np.array([k], np.int64)
-    kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), means, out, squares, 1)
+    kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), term, out, squares, 1)
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(out, [F(0.5) + ref_k1(list(terms))])
         np.testing.assert_array_equal(squares, [F(0.25) + ref_k1(list(terms * terms))])
@@ -210,8 +210,8 @@ def test_kn_rows_are_the_documented_tree(k):
     squares = np.full(n, 0.25, F)
     chunk = 16  # blocks of channels: one job each
     kern.kn_groups(
-        rows.reshape(-1), *(np.array(a, np.int64) for a in ([0, 1], [0], [k])), n, chunk, np.array([0]), None,
-        out, squares, 2,
+        rows.reshape(-1), *(np.array(a, np.int64) for a in ([0, 1], [0], [k])), n, chunk, np.array([0]),
+        (None, None, None), out, squares, 2,
     )  # fmt: skip
     assert [out[j] for j in range(n)] == [ref_kn(list(rows[:, j]), F(0.5)) for j in range(n)]
     assert [squares[j] for j in range(n)] == [
@@ -278,6 +278,50 @@ def test_one_pass_sums_and_centered_sums(dims, start, stop, threads):
     np.testing.assert_array_equal(
         centered, ref_ynn_sum((d * d).astype(F), dims, start, stop, threads, fused=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("dims", "start", "stop"),
+    [
+        ((3, 2, 20000), 1, 2),  # split N: a partial reduction
+        ((2, 30, 700, 3), 3, 4),
+        ((2, 3, 40, 40), 1, 2),  # k1 rows of 1600
+        ((64, 24, 7, 7), 1, 2),  # k1 rows under one block
+        ((3, 40, 40, 20), 3, 4),  # kn rows, a partial lane block
+        ((5, 7, 3), 1, 2),  # under 4096 values: XLA's loops
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_product_and_scaled_terms_equal_the_sums_of_the_written_terms(
+    monkeypatch, dims, start, stop, threads
+):
+    """S(fl(fl(x - m) * w)) and S(fl(x * s)) formed on the way are the sums of those terms written out
+    first (as jax's eager backward writes them): the same tiles (no fused producer) and the same bits,
+    infinities, NaN and signed zeros included."""
+    rng = np.random.default_rng(sum(dims) + 2)
+    x = (1e4 + rng.standard_normal(dims)).astype(F)
+    w = rng.standard_normal(dims).astype(F)
+    x.reshape(-1)[7::101] = F(-0.0)
+    w.reshape(-1)[3::97] = F(-0.0)
+    w.reshape(-1)[11] = F(np.inf)
+    x3 = np.ascontiguousarray(x.reshape(math.prod(dims[:start]), math.prod(dims[start:stop]), -1))
+    C = x3.shape[1]
+    means = (1e4 + rng.standard_normal(C)).astype(F)
+    factors = rng.standard_normal(C).astype(F)
+    factors[0] = F(np.nan)
+    with np.errstate(invalid="ignore"):
+        product = ((x3 - means[None, :, None]) * w.reshape(x3.shape)).astype(F)
+        scaled = (x3 * factors[None, :, None]).astype(F)
+    for parallel in (False, True):
+        if parallel:
+            monkeypatch.setattr(xla, "SERIAL_VALUES", 0)
+        with np.errstate(invalid="ignore"):
+            got = xla._sums(x3, dims, start, stop, means, threads, other=w)[0]
+            want = xla._sums(product, dims, start, stop, None, threads)[0]
+            np.testing.assert_array_equal(got, want)
+            got = xla._sums(x3, dims, start, stop, None, threads, factors=factors)[0]
+            want = xla._sums(scaled, dims, start, stop, None, threads)[0]
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(

@@ -119,12 +119,28 @@ def _sums(
     means: np.ndarray | None,
     threads: int,
     squares: bool = False,
+    *,
+    other: np.ndarray | None = None,
+    factors: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Per-channel float32 S(x) of the contiguous (outer, C, inner) ``x``, or S((x - means)^2) fused;
-    with ``squares`` also S(fl32(x * x)) of the separately computed squares (means None)."""
+    with ``squares`` also S(fl32(x * x)) of the separately computed squares (means None). With ``other``
+    (x's shape) S(fl32(fl32(x - means) * other)), with ``factors`` (per channel) S(fl32(x * factors)):
+    reduces of an array of terms written out before (no fused producer), the terms formed on the way."""
+    if (other is not None and means is None) or (
+        factors is not None and (means is not None or other is not None)
+    ):
+        raise ValueError("terms: means with or without other, or factors alone")
     if x.size >= YNN_MIN_ELEMENTS:
-        return _ynn_sums(x, dims, start, stop, means, threads, squares)
-    terms = x if means is None else x - means.astype(np.float32)[None, :, None]
+        return _ynn_sums(x, dims, start, stop, means, threads, squares, other=other, factors=factors)
+    per_channel = (None, slice(None), None)  # (C,) as (1, C, 1)
+    if other is not None and means is not None:  # the product's terms
+        terms = (x - means.astype(np.float32)[per_channel]) * other.reshape(x.shape)
+        return [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=False)]
+    if factors is not None:  # the scaled array's terms
+        terms = x * factors.astype(np.float32)[per_channel]
+        return [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=False)]
+    terms = x if means is None else x - means.astype(np.float32)[per_channel]
     result = [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=means is not None)]
     if squares:
         result.append(_xla_loop_sum((x * x).reshape(dims), start, stop, square_fma=False))
@@ -205,26 +221,30 @@ def _ynn_sums(
     means: np.ndarray | None,
     threads: int,
     squares: bool = False,
+    *,
+    other: np.ndarray | None = None,
+    factors: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x))]: each reduce runs the same tiles."""
+    """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x))]: each reduce runs the same tiles. The
+    terms (see :func:`_sums`) are the kernels' ``term`` tuple (:mod:`._xla_kernels`); only jnp.var's
+    (x - mean)^2 is a fused producer, which changes the tiles."""
     rank = len(dims)
     extents = [int(e) for e in reversed(dims)]  # slinky's order: innermost first
     reduced = [not start <= rank - 1 - i < stop for i in range(rank)]
     splits = _split_factors(extents)
     flat = x.reshape(-1)
     C = math.prod(dims[start:stop])
-    channel_means = None if means is None else np.ascontiguousarray(means, dtype=np.float32)
+    term = (_float32(means), None if other is None else _float32(other.reshape(-1)), _float32(factors))
+    fused = means is not None and other is None
     count = 2 if squares else 1
     if not any(r and s is not None for r, s in zip(reduced, splits, strict=True)):
         outs = [np.zeros(C, np.float32) for _ in range(count)]
-        _ynn_pass(
-            flat, extents, reduced, [None] * rank, _row_major(extents, reduced, None), outs, channel_means
-        )
+        _ynn_pass(flat, extents, reduced, [None] * rank, _row_major(extents, reduced, None), outs, term)
         return outs
     # a partial reduction: the intermediate keeps a slot per tile of each split reduced dimension
     parallel = _parallel_loops(extents, splits, threads)
     runs = [
-        s if s is not None and r and (parallel[d] or means is not None) else None
+        s if s is not None and r and (parallel[d] or fused) else None
         for d, (s, r) in enumerate(zip(splits, reduced, strict=True))
     ]
     slots = [
@@ -233,13 +253,21 @@ def _ynn_sums(
     ]
     partials = [np.zeros(math.prod(slots), np.float32) for _ in range(count)]
     keep = _row_major(extents, reduced, slots)
-    _ynn_pass(flat, extents, reduced, runs, keep, partials, channel_means, slot_size=splits)
+    _ynn_pass(flat, extents, reduced, runs, keep, partials, term, slot_size=splits)
     outs = []
     for partial in partials:
         out = np.zeros(C, np.float32)
-        _ynn_pass(partial, slots, reduced, [None] * rank, _row_major(slots, reduced, None), [out], None)
+        _ynn_pass(partial, slots, reduced, [None] * rank, _row_major(slots, reduced, None), [out], _VALUES)
         outs.append(out)
     return outs
+
+
+#: the kernels' term of plain values (no means, other array or factors).
+_VALUES = (None, None, None)
+
+
+def _float32(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _row_major(extents: list[int], reduced: list[bool], keep: list[int] | None) -> list[int]:
@@ -260,7 +288,7 @@ def _ynn_pass(
     runs: list[int | None],
     out_strides: list[int],
     outs: list[np.ndarray],
-    means: np.ndarray | None,
+    term: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
     slot_size: list[int | None] | None = None,
 ) -> None:
     """One YNNPACK reduce of ``flat`` (row-major, ``extents`` innermost first) into ``outs`` (the sums,
@@ -301,7 +329,7 @@ def _ynn_pass(
         batches.setdefault(key, []).append((offsets, k1s, k2s, slots))
     for key, calls in batches.items():  # tiles of different shapes but the same kernel: one launch
         offsets, k1s, k2s, slots = (np.concatenate(parts) for parts in zip(*calls, strict=True))
-        _run(flat, key, offsets, k1s, k2s, slots, outs, means)
+        _run(flat, key, offsets, k1s, k2s, slots, outs, term)
 
 
 def _kernel_calls(
@@ -352,7 +380,7 @@ def _run(
     k2s: np.ndarray,
     slots: np.ndarray,
     outs: list[np.ndarray],
-    means: np.ndarray | None,
+    term: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
 ) -> None:
     """One kernel launch over the calls: the calls into one slot form a group, run in their order."""
     from .._kernels.compiled import _launch
@@ -370,7 +398,7 @@ def _run(
     if kind == "k1":
         chunks = _chunks(groups * n, values, threads)
         args = (flat, group_start, offsets, k1s, k2s, stride_k2, stride_n, n, stride_out, group_slot)
-        _launch(k.k1_groups, *args, means, out, out_squares, chunks)
+        _launch(k.k1_groups, *args, term, out, out_squares, chunks)
         return
     # kn: the channels are the innermost dimensions of the tile, so its rows are n values apart
     if stride_k2 != n or (n > 1 and stride_out != 1):
@@ -383,7 +411,7 @@ def _run(
     )
     chunks = _chunks(groups * -(-n // block), values, threads)
     _launch(
-        k.kn_groups, flat, group_start, offsets, k2s, n, block, group_slot, means, out, out_squares, chunks
+        k.kn_groups, flat, group_start, offsets, k2s, n, block, group_slot, term, out, out_squares, chunks
     )
 
 
