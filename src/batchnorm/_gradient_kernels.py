@@ -5,7 +5,6 @@ input value, every operation rounded to float32 as jax's eager programs round it
 without fastmath: no reassociation, no contraction into fused multiply-adds; float32 constants only, so
 nothing is promoted to float64). With ``p``, ``q``, ``r`` per-channel float32 arrays::
 
-    centered_product  out = fl(fl(x - p) * dy)                          the term of S((x - mean) dy)
     scaled            out = fl(dy * p)                                  u, the cotangent of x - mean
     input_gradient    out = fl(fl(fl(dy * p) + q) + fl(r * fl(2 x)))    dx of a float32 input
     paths             out = fl(fl(r * fl(2 x)) + q)                     the E[x] + E[x^2] paths (half x)
@@ -21,27 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["centered_product", "input_gradient", "paths", "scaled"]
+__all__ = ["input_gradient", "paths", "scaled"]
 
 _parallel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
-
-
-@_parallel
-def centered_product(x, dy, p, out, C, inner, nchunks):
-    """out = fl(fl(x - p[c]) * dy)."""
-    width = C if inner == 1 else inner
-    rows = x.size // width
-    for t in prange(nchunks):
-        for r in range(rows * t // nchunks, rows * (t + 1) // nchunks):
-            row = slice(r * width, (r + 1) * width)
-            xs, gs, os = x[row], dy[row], out[row]
-            if inner == 1:
-                for c in range(width):
-                    os[c] = (xs[c] - p[c]) * gs[c]
-            else:
-                pc = p[r % C]
-                for k in range(width):
-                    os[k] = (xs[k] - pc) * gs[k]
 
 
 @_parallel

@@ -44,12 +44,12 @@ form applies to the fast variance (``variance`` "sum_of_squares" or "sum_of_squa
 float32 and half inputs; float64 inputs (JAX's x64 mode) and the two-pass variance, whose gradient does
 not cancel, keep the closed form (the caller decides: :func:`applies`).
 
-Speed: the elementwise steps run as fused float32 passes (:mod:`batchnorm._gradient_kernels`), each
-operation rounded as above; the three sums need their terms in memory (the XLA tree of
-:mod:`batchnorm._reductions.xla` takes an array, or the fused (x - m)^2 only), so fl((x - mean) dy) and
-then u are written, one after the other, into one float32 buffer of x's size: dx's own buffer for a float32
-input (written last, from dy and x), else a scratch. Passes over x's size: S(dy), the product, its sum,
-u, its sum, dx: eight reads and three writes where the closed form takes four and one.
+Speed: jax writes the product and u out before summing them; here XLA's tree forms those terms on the
+way (:func:`batchnorm._reductions.xla._sums` with ``other`` and ``factors``: the tiles of a reduce of a
+written-out array, the same bits), and dx is one fused float32 pass (:mod:`batchnorm._gradient_kernels`),
+each operation rounded as above. Passes over x's size for a float32 input: S(dy), S(product) (x and dy),
+S(u), dx (x and dy): six reads and one write, where the closed form takes four and one. Half inputs also
+write u into a float32 scratch of x's size, which dx = h(u) + h(...) adds.
 """
 
 from __future__ import annotations
@@ -99,44 +99,46 @@ def autodiff(
     f = _F32
     outer, channels, inner = x3.shape
     n = outer * inner
-
-    def total(a: np.ndarray) -> np.ndarray:
-        return _channel_sum(dialect, a, shape)
-
     m = np.ascontiguousarray(mean, f)  # the kernels' per-channel arrays: contiguous float32
     v = np.asarray(var, f)
     xf = _flat32(x3)
     dyf = _flat32(dy3)
-    # the one float32 scratch of x's size: dx's own buffer where dx is float32 (it is written last)
-    direct = out3.dtype == f and out3.flags.c_contiguous
-    scratch = out3.reshape(-1) if direct else np.empty(x3.size, f)
-    work = scratch.reshape(x3.shape)
+    direct = out3.dtype == f and out3.flags.c_contiguous  # dx written in place, u never written
     args = (channels, inner, _chunks(outer * channels, x3.size))
+
+    def total(a: np.ndarray, **term: np.ndarray) -> np.ndarray:
+        return _channel_sum(dialect, a.reshape(x3.shape), shape, **term)
+
+    def written_u() -> np.ndarray:  # u = fl(dy * s), into dx's own buffer where dx is float32
+        u = out3.reshape(-1) if direct else np.empty(x3.size, f)
+        _launch(kernels.scaled, dyf, s, u, *args)
+        return u.reshape(x3.shape)
+
     with np.errstate(all="ignore"):
         shifted = v + f(eps)
         inv = reciprocal_root(dialect, shifted)
         s = np.ascontiguousarray(inv if gamma is None else inv * gamma.astype(f), f)
-        dbeta = total(dyf.reshape(x3.shape))
-        _launch(kernels.centered_product, xf, dyf, m, scratch, *args)
-        t = total(work)
+        dbeta = total(dyf)
+        t = total(xf, means=m, other=dyf)  # S(fl(fl(x - mean) * dy))
         dgamma = inv * t
-        _launch(kernels.scaled, dyf, s, scratch, *args)  # u = fl(dy * s)
         if not training:
+            u3 = written_u()
             if not direct:
-                out3[...] = work
+                out3[...] = u3
             return dgamma, dbeta
         tg = t if gamma is None else t * gamma.astype(f)
         d2 = (tg * (f(-0.5) * (inv / shifted))) * _clamp_slope(dialect, x3, v, shape)
-        d1 = -total(work) + (-d2) * (f(2) * m)
+        d1 = -total(dyf, factors=s) + (-d2) * (f(2) * m)  # S(u)
         reciprocal = f(1) / f(n)
         c1 = np.ascontiguousarray(d1 * reciprocal, f)
         c2 = np.ascontiguousarray(d2 * reciprocal, f)
-        if direct:  # fl(fl(u + c1) + fl(c2 * fl(2 x))), u recomputed from dy
-            _launch(kernels.input_gradient, xf, dyf, s, c1, c2, scratch, *args)
+        if direct:  # fl(fl(u + c1) + fl(c2 * fl(2 x))), u formed from dy on the way
+            _launch(kernels.input_gradient, xf, dyf, s, c1, c2, out3.reshape(-1), *args)
         else:  # each path's cotangent converted to x's dtype, then added there
+            u3 = written_u()
             paths = np.empty(x3.size, f)
             _launch(kernels.paths, xf, c1, c2, paths, *args)
-            np.add(work.astype(out3.dtype), paths.reshape(x3.shape).astype(out3.dtype), out=out3)
+            np.add(u3.astype(out3.dtype), paths.reshape(x3.shape).astype(out3.dtype), out=out3)
     return dgamma, dbeta
 
 
@@ -145,23 +147,36 @@ def _flat32(a3: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a3, dtype=_F32).reshape(-1)
 
 
-def _channel_sum(dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The per-channel float32 sum of the (outer, C, inner) float32 ``a3`` by the dialect's reduction:
-    XLA's tree for ``"xla"``; any other reduction: the float64 sum rounded once. One value per channel is
-    returned as is (XLA's simplifier turns a reduce of size-1 dimensions into a reshape: -0 stays -0)."""
-    if a3.shape[0] * a3.shape[2] == 1:
-        return a3.reshape(a3.shape[1]).astype(_F32)
-    if dialect.reduction == "xla":
-        from ._reductions import xla
+def _channel_sum(
+    dialect: Dialect,
+    a3: np.ndarray,
+    shape: tuple[int, ...],
+    *,
+    means: np.ndarray | None = None,
+    other: np.ndarray | None = None,
+    factors: np.ndarray | None = None,
+) -> np.ndarray:
+    """The per-channel float32 sum of the terms of the (outer, C, inner) float32 ``a3``: a3 itself,
+    fl(fl(a3 - means) * other) (``other`` flat, a3's size) or fl(a3 * factors), as jax would write them
+    out and sum them, by the dialect's reduction: XLA's tree for ``"xla"`` (the terms formed on the way);
+    any other reduction: the float64 sum rounded once. One value per channel is returned as is (XLA's
+    simplifier turns a reduce of size-1 dimensions into a reshape: -0 stays -0)."""
+    if a3.shape[0] * a3.shape[2] == 1 or dialect.reduction != "xla":
+        per_channel = (None, slice(None), None)  # (C,) as (1, C, 1)
+        terms = a3
+        if other is not None and means is not None:
+            terms = (a3 - means[per_channel]) * other.reshape(a3.shape)
+        elif factors is not None:
+            terms = a3 * factors[per_channel]
+        if a3.shape[0] * a3.shape[2] == 1:
+            return terms.reshape(a3.shape[1]).astype(_F32)
+        return terms.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
+    from ._reductions import xla
 
-        a = np.ascontiguousarray(a3, dtype=_F32)
-        start, stop = xla._channel_block(shape, a.shape[0], a.shape[1])
-        threads = (
-            _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
-        )
-        sums: np.ndarray = xla._sums(a, shape, start, stop, None, threads)[0]
-        return sums
-    return a3.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
+    start, stop = xla._channel_block(shape, a3.shape[0], a3.shape[1])
+    threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
+    sums: np.ndarray = xla._sums(a3, shape, start, stop, means, threads, other=other, factors=factors)[0]
+    return sums
 
 
 def _clamp_slope(dialect: Dialect, x3: np.ndarray, var: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
