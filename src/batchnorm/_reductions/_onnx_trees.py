@@ -8,8 +8,9 @@ Eigen's two 4-float packets) are one 8-float vector in :func:`_lane_sums`, writt
 adds its own values in order, as the scalar code would, with no reassociation and no FMA (numba
 contracts nothing without ``fastmath``), only 8 lanes at a time. The rest is plain scalar code.
 
-Parallelism never changes a tree: threads take whole channels (or whole subtrees of one pairwise sum)
-and partial results combine in the tree's own order.
+Parallelism never changes a tree: threads take whole channels, whole subtrees of one pairwise sum, or
+(channels-last onnxruntime) the column sums of a range of n, and partial results combine in the tree's
+own order.
 """
 
 from __future__ import annotations
