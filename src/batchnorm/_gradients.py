@@ -161,17 +161,13 @@ def _channel_sum(
     out and sum them, by the dialect's reduction: XLA's tree for ``"xla"`` (the terms formed on the way);
     any other reduction: the float64 sum rounded once. One value per channel is returned as is (XLA's
     simplifier turns a reduce of size-1 dimensions into a reshape: -0 stays -0)."""
+    from ._reductions import xla
+
     if a3.shape[0] * a3.shape[2] == 1 or dialect.reduction != "xla":
-        per_channel = (None, slice(None), None)  # (C,) as (1, C, 1)
-        terms = a3
-        if other is not None and means is not None:
-            terms = (a3 - means[per_channel]) * other.reshape(a3.shape)
-        elif factors is not None:
-            terms = a3 * factors[per_channel]
+        terms = xla.written_terms(a3, means, other, factors)
         if a3.shape[0] * a3.shape[2] == 1:
             return terms.reshape(a3.shape[1]).astype(_F32)
         return terms.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
-    from ._reductions import xla
 
     start, stop = xla._channel_block(shape, a3.shape[0], a3.shape[1])
     threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads

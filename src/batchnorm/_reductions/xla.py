@@ -50,7 +50,7 @@ import numpy as np
 
 from . import process_cpus
 
-__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "moments"]
+__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "moments", "written_terms"]
 
 #: Reduces of this many input values or more go to YNNPACK (XLA's ``kMinElements``).
 YNN_MIN_ELEMENTS = 4096
@@ -133,18 +133,27 @@ def _sums(
         raise ValueError("terms: means with or without other, or factors alone")
     if x.size >= YNN_MIN_ELEMENTS:
         return _ynn_sums(x, dims, start, stop, means, threads, squares, other=other, factors=factors)
-    per_channel = (None, slice(None), None)  # (C,) as (1, C, 1)
-    if other is not None and means is not None:  # the product's terms
-        terms = (x - means.astype(np.float32)[per_channel]) * other.reshape(x.shape)
+    if other is not None or factors is not None:
+        terms = written_terms(x, means, other, factors)
         return [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=False)]
-    if factors is not None:  # the scaled array's terms
-        terms = x * factors.astype(np.float32)[per_channel]
-        return [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=False)]
-    terms = x if means is None else x - means.astype(np.float32)[per_channel]
+    terms = x if means is None else x - means.astype(np.float32)[None, :, None]
     result = [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=means is not None)]
     if squares:
         result.append(_xla_loop_sum((x * x).reshape(dims), start, stop, square_fma=False))
     return result
+
+
+def written_terms(
+    x: np.ndarray, means: np.ndarray | None, other: np.ndarray | None, factors: np.ndarray | None
+) -> np.ndarray:
+    """The float32 terms of the (outer, C, inner) ``x`` as jax writes them out before a reduce: x itself,
+    fl(fl(x - means) * other) (``other`` x's size) or fl(x * factors) (means, factors per channel)."""
+    f32 = np.float32
+    if other is not None and means is not None:
+        return (x - means.astype(f32)[None, :, None]) * other.reshape(x.shape).astype(f32)
+    if factors is not None:
+        return x * factors.astype(f32)[None, :, None]
+    return x
 
 
 # -- XLA's own loops (fewer than 4096 values) ------------------------------------------------------------
