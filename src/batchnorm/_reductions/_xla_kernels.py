@@ -490,9 +490,10 @@ def _kn_group(tile, i, first, width, term, acc, squares, local):
         sums_squares[:width] = np.float32(0.0)
     for q in range(4):
         row = tile[i + q, first : first + width]
-        at = (i + q) * n + first
+        row_term = _term_run(term, (i + q) * n + first, width)  # other's values beside the row's
         for lane in range(width):
-            t = _term(row[lane], _other_at(term, at + lane), _center(term, lane), _factor(term, lane), term)
+            w = _other_at(row_term, lane)
+            t = _term(row[lane], w, _center(row_term, lane), _factor(row_term, lane), row_term)
             sums[lane] = sums[lane] + t
             if squares is not None:
                 sums_squares[lane] = sums_squares[lane] + t * t
