@@ -169,7 +169,7 @@ def test_k1_row_is_the_documented_tree(k):
 
     rng = np.random.default_rng(k)
     v = (1e4 + rng.standard_normal(k)).astype(F)
-    total, squares = kern.k1_row(v, 0, (None, None, None), np.zeros((4, 16), F), np.zeros((4, 16), F))
+    total, squares = kern.k1_row(v, 0, (None, None, None, None), np.zeros((4, 16), F), np.zeros((4, 16), F))
     assert total == ref_k1(list(v))
     assert squares == ref_k1(list(v * v))
 
@@ -190,7 +190,7 @@ def test_rows_take_the_documented_tree_through_k1_groups(k, mean):
     else:
         with np.errstate(invalid="ignore"):
             terms = (v - F(mean)) * (v - F(mean))
-    term = (None if mean is None else np.array([mean], F), None, None)
+    term = (None if mean is None else np.array([mean], F), None, None, None)
     out, squares = np.full(1, F(0.5)), np.full(1, F(0.25))
     one = np.array([0, 1], np.int64), np.array([0], np.int64), np.array([k], np.int64)
     kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), term, out, squares, 1)
@@ -211,7 +211,7 @@ def test_kn_rows_are_the_documented_tree(k):
     chunk = 16  # blocks of channels: one job each
     kern.kn_groups(
         rows.reshape(-1), *(np.array(a, np.int64) for a in ([0, 1], [0], [k])), n, chunk, np.array([0]),
-        (None, None, None), out, squares, 2,
+        (None, None, None, None), out, squares, 2,
     )  # fmt: skip
     assert [out[j] for j in range(n)] == [ref_kn(list(rows[:, j]), F(0.5)) for j in range(n)]
     assert [squares[j] for j in range(n)] == [
@@ -288,6 +288,7 @@ def test_one_pass_sums_and_centered_sums(dims, start, stop, threads):
         ((2, 3, 40, 40), 1, 2),  # k1 rows of 1600
         ((64, 24, 7, 7), 1, 2),  # k1 rows under one block
         ((3, 40, 40, 20), 3, 4),  # kn rows, a partial lane block
+        ((5, 9, 7, 20), 3, 4),  # one kn tile of 315 rows: a short last group
         ((5, 7, 3), 1, 2),  # under 4096 values: XLA's loops
     ],
 )
@@ -297,7 +298,7 @@ def test_product_and_scaled_terms_equal_the_sums_of_the_written_terms(
 ):
     """S(fl(fl(x - m) * w)) and S(fl(x * s)) formed on the way are the sums of those terms written out
     first (as jax's eager backward writes them): the same tiles (no fused producer) and the same bits,
-    infinities, NaN and signed zeros included."""
+    infinities, NaN and signed zeros included; S(x) and S(fl(x * s)) in one pass too."""
     rng = np.random.default_rng(sum(dims) + 2)
     x = (1e4 + rng.standard_normal(dims)).astype(F)
     w = rng.standard_normal(dims).astype(F)
@@ -309,6 +310,8 @@ def test_product_and_scaled_terms_equal_the_sums_of_the_written_terms(
     means = (1e4 + rng.standard_normal(C)).astype(F)
     factors = rng.standard_normal(C).astype(F)
     factors[0] = F(np.nan)
+    factors[-1] = F(np.inf)  # the written-out terms are +-inf there, the padding's are 0 (not 0 * inf)
+    x3[:, -1] = np.abs(x3[:, -1]) + F(1)
     with np.errstate(invalid="ignore"):
         product = ((x3 - means[None, :, None]) * w.reshape(x3.shape)).astype(F)
         scaled = (x3 * factors[None, :, None]).astype(F)
@@ -322,6 +325,9 @@ def test_product_and_scaled_terms_equal_the_sums_of_the_written_terms(
             got = xla._sums(x3, dims, start, stop, None, threads, factors=factors)[0]
             want = xla._sums(scaled, dims, start, stop, None, threads)[0]
             np.testing.assert_array_equal(got, want)
+            got = xla._sums(x3, dims, start, stop, None, threads, squares=True, scales=factors)
+            np.testing.assert_array_equal(got[0], xla._sums(x3, dims, start, stop, None, threads)[0])
+            np.testing.assert_array_equal(got[1], want)
 
 
 @pytest.mark.parametrize(

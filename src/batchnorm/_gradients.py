@@ -45,11 +45,12 @@ float32 and half inputs; float64 inputs (JAX's x64 mode) and the two-pass varian
 not cancel, keep the closed form (the caller decides: :func:`applies`).
 
 Speed: jax writes the product and u out before summing them; here XLA's tree forms those terms on the
-way (:func:`batchnorm._reductions.xla._sums` with ``other`` and ``factors``: the tiles of a reduce of a
-written-out array, the same bits), and dx is one fused float32 pass (:mod:`batchnorm._gradient_kernels`),
-each operation rounded as above. Passes over x's size for a float32 input: S(dy), S(product) (x and dy),
-S(u), dx (x and dy): six reads and one write, where the closed form takes four and one. Half inputs also
-write u into a float32 scratch of x's size, which dx = h(u) + h(...) adds.
+way (:func:`batchnorm._reductions.xla._sums` with ``other``, and ``scales`` for S(u) beside S(dy): the
+tiles of a reduce of a written-out array, the same bits), and dx is one fused float32 pass
+(:mod:`batchnorm._gradient_kernels`), each operation rounded as above. Passes over x's size for a
+float32 input: S(dy) with S(u), S(product) (x and dy), dx (x and dy): five reads and one write, where
+the closed form takes four and one. Half inputs also write u into a float32 scratch of x's size, which
+dx = h(u) + h(...) adds.
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def autodiff(
         shifted = v + f(eps)
         inv = reciprocal_root(dialect, shifted)
         s = np.ascontiguousarray(inv if gamma is None else inv * gamma.astype(f), f)
-        dbeta = total(dyf)
+        if training:  # S(dy) and S(u) in one pass over dy
+            dbeta, u_sum = _sum_and_scaled_sum(dialect, dyf.reshape(x3.shape), shape, s)
+        else:
+            dbeta = total(dyf)
         t = total(xf, means=m, other=dyf)  # S(fl(fl(x - mean) * dy))
         dgamma = inv * t
         if not training:
@@ -128,7 +132,7 @@ def autodiff(
             return dgamma, dbeta
         tg = t if gamma is None else t * gamma.astype(f)
         d2 = (tg * (f(-0.5) * (inv / shifted))) * _clamp_slope(dialect, x3, v, shape)
-        d1 = -total(dyf, factors=s) + (-d2) * (f(2) * m)  # S(u)
+        d1 = -u_sum + (-d2) * (f(2) * m)
         reciprocal = f(1) / f(n)
         c1 = np.ascontiguousarray(d1 * reciprocal, f)
         c2 = np.ascontiguousarray(d2 * reciprocal, f)
@@ -173,6 +177,21 @@ def _channel_sum(
     threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
     sums: np.ndarray = xla._sums(a3, shape, start, stop, means, threads, other=other, factors=factors)[0]
     return sums
+
+
+def _sum_and_scaled_sum(
+    dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...], scales: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S(a3), S(fl(a3 * scales))) per channel as :func:`_channel_sum` gives them, one pass over a3 where
+    the reduction is XLA's (the two reduces have the same shape, so the same tiles)."""
+    if a3.shape[0] * a3.shape[2] == 1 or dialect.reduction != "xla":
+        return _channel_sum(dialect, a3, shape), _channel_sum(dialect, a3, shape, factors=scales)
+    from ._reductions import xla
+
+    start, stop = xla._channel_block(shape, a3.shape[0], a3.shape[1])
+    threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
+    sums, scaled = xla._sums(a3, shape, start, stop, None, threads, squares=True, scales=scales)
+    return sums, scaled
 
 
 def _clamp_slope(dialect: Dialect, x3: np.ndarray, var: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

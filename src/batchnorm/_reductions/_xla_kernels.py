@@ -55,13 +55,17 @@ def threads() -> int:
 
 # -- terms: what a sum adds up, chosen when numba compiles -----------------------------------------------
 #
-# ``term`` is a tuple (means, other, factors) of None or arrays; with v a value of the array summed, m and
-# s its channel's entries of ``means`` and ``factors``, w the value at v's place in ``other``:
+# ``term`` is a tuple (means, other, factors, scales) of None or arrays; with v a value of the array
+# summed, m and s its channel's entries of ``means`` and ``factors``, w the value at v's place in
+# ``other``, the term t is
 #
-#   (None, None, None)        v
-#   (means, None, None)       fl(fl(v - m)^2)      jnp.var's (x - mean)^2, fused into its reduce
-#   (means, other, None)      fl(fl(v - m) * w)    a product of two arrays (Flax's backward)
-#   (None, None, factors)     fl(v * s)            a scaled array (Flax's backward)
+#   (None, None, None, _)        v
+#   (means, None, None, _)       fl(fl(v - m)^2)      jnp.var's (x - mean)^2, fused into its reduce
+#   (means, other, None, _)      fl(fl(v - m) * w)    a product of two arrays (Flax's backward)
+#   (None, None, factors, _)     fl(v * s)            a scaled array (Flax's backward)
+#
+# and the second sum, where the kernels take one (``squares``), adds fl(t * t) (``scales`` None: Flax's
+# S(x * x) beside S(x)) or fl(t * scales[channel]) (its backward's S(dy * s) beside S(dy)).
 #
 # numba types both branches of ``array is None`` (only a None argument's branch is pruned), so functions
 # that return None or an array, or that branch on a tuple's members, are chosen when typing (overloads),
@@ -84,13 +88,17 @@ def _other_at(term, i):
     """other[i], or 0 where the term has no other array."""
 
 
+def _second(t, term, j):
+    """The second sum's term of the term t of channel j: fl(t * t), or fl(t * scales[j])."""
+
+
 def _scratch_if(out_squares, width):
     """Accumulators 0, 1, 2 and the Kahan error of ``width`` lanes, or None where ``out_squares`` is."""
 
 
 @overload(_term)
 def _term_typed(v, w, m, s, term):
-    means, other, factors = term.types
+    means, other, factors, _ = term.types
     if not isinstance(factors, types.NoneType):
         return lambda v, w, m, s, term: v * s
     if isinstance(means, types.NoneType):
@@ -103,6 +111,13 @@ def _term_typed(v, w, m, s, term):
 
         return square
     return lambda v, w, m, s, term: (v - m) * w
+
+
+@overload(_second)
+def _second_typed(t, term, j):
+    if isinstance(term.types[3], types.NoneType):
+        return lambda t, term, j: t * t
+    return lambda t, term, j: t * term[3][j]
 
 
 @overload(_center)
@@ -139,14 +154,19 @@ def _slice_typed(a, first, count):
 
 @_serial
 def _term_lanes(term, first, width):
-    """The term of channels first .. first + width: its means and factors sliced (other unchanged)."""
-    return _slice(term[0], first, width), term[1], _slice(term[2], first, width)
+    """The term of channels first .. first + width: its per-channel arrays sliced (other unchanged)."""
+    return (
+        _slice(term[0], first, width),
+        term[1],
+        _slice(term[2], first, width),
+        _slice(term[3], first, width),
+    )
 
 
 @_serial
 def _term_run(term, start, count):
     """The term with ``other`` sliced to other[start:start + count], to go with values[start:...]."""
-    return term[0], _slice(term[1], start, count), term[2]
+    return term[0], _slice(term[1], start, count), term[2], term[3]
 
 
 @overload(_scratch_if)
@@ -170,14 +190,15 @@ _I32, _I64 = ir.IntType(32), ir.IntType(64)
 
 
 def _block_terms(context, builder, signature, args, masked: bool):
-    """The four term vectors of the block at values.flat[first] (channel ``channel``): the intrinsics'
-    arguments begin (values, first, count, term, channel); ``masked``: only the first ``count`` values."""
+    """The four term vectors of the block at values.flat[first] (channel ``channel``) and the second sum's
+    four (:func:`_second`): the intrinsics' arguments begin (values, first, count, term, channel);
+    ``masked``: only the first ``count`` values."""
     values, first, count, term, channel = args[:5]
     data = context.make_array(signature.args[0])(context, builder, values).data
-    means, other, factors = _term_inputs(context, builder, signature.args[3], term, channel)
+    means, other, factors, scales = _term_inputs(context, builder, signature.args[3], term, channel)
     positions = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
     first, count = _wide(builder, first), _splat(builder, _wide(builder, count))
-    terms = []
+    terms, seconds = [], []
     for q in range(4):
         offset = ir.Constant(_I64, q * LANES)
         index = builder.add(first, offset)
@@ -192,13 +213,15 @@ def _block_terms(context, builder, signature, args, masked: bool):
             )
         if factors is not None:
             t = builder.fmul(t, factors)
+        t2 = builder.fmul(t, t if scales is None else scales)
         terms.append(builder.select(inside, t, _ZERO) if masked else t)
-    return terms
+        seconds.append(builder.select(inside, t2, _ZERO) if masked else t2)
+    return terms, seconds
 
 
 def _term_inputs(context, builder, term_type, term, channel):
-    """(the channel's mean splatted, other's data pointer, the channel's factor splatted), None where the
-    term has none (see the terms above)."""
+    """(the channel's mean, other's data pointer, the channel's factor and scale, each splatted), None
+    where the term has none (see the terms above)."""
     inputs = []
     for k, kind in enumerate(term_type.types):
         if isinstance(kind, types.NoneType):
@@ -246,10 +269,10 @@ def _local(builder, terms):
 
 def _add_block_codegen(masked: bool, with_squares: bool):
     def codegen(context, builder, signature, args):
-        terms = _block_terms(context, builder, signature, args, masked)
+        terms, seconds = _block_terms(context, builder, signature, args, masked)
         targets = [(args[5], signature.args[5], terms)]
         if with_squares:
-            targets.append((args[6], signature.args[6], [builder.fmul(t, t) for t in terms]))
+            targets.append((args[6], signature.args[6], seconds))
         for array, array_type, items in targets:
             data = context.make_array(array_type)(context, builder, array).data
             target = builder.bitcast(data, _VECTOR.as_pointer())
@@ -263,9 +286,9 @@ def _add_block_codegen(masked: bool, with_squares: bool):
 
 def _short_row_codegen(with_squares: bool):
     def codegen(context, builder, signature, args):
-        terms = _block_terms(context, builder, signature, args, True)
+        terms, seconds = _block_terms(context, builder, signature, args, True)
         totals = []
-        for items in [terms] + ([[builder.fmul(t, t) for t in terms]] if with_squares else []):
+        for items in [terms] + ([seconds] if with_squares else []):
             local = _local(builder, items)
             width = LANES
             while width > 1:  # the halving sum: lanes 0-7 + 8-15, then 0-3 + 4-7, ...
@@ -287,11 +310,11 @@ def _float32_c(array) -> bool:
 
 
 def _typed(term, *arrays) -> bool:
-    """float32 C arrays and a term of three None or such arrays (the intrinsics' arguments)."""
+    """float32 C arrays and a term of four None or such arrays (the intrinsics' arguments)."""
     return (
         all(_float32_c(array) for array in arrays if not isinstance(array, types.NoneType))
         and isinstance(term, (types.Tuple, types.UniTuple))
-        and len(term.types) == 3
+        and len(term.types) == 4
         and all(isinstance(kind, types.NoneType) or _float32_c(kind) for kind in term.types)
     )
 
@@ -299,7 +322,7 @@ def _typed(term, *arrays) -> bool:
 @intrinsic
 def _add_block(typingctx, values, first, count, term, channel, acc, squares):
     """acc[0] += the block of 64 values at values.flat[first] (``count`` is 64: unmasked), and squares[0]
-    += the same tree of t(v)^2 where ``squares`` is an array."""
+    += the same tree of the second sum's terms where ``squares`` is an array."""
     if not _typed(term, values, acc, squares):
         return None
     signature = types.void(values, first, count, term, channel, acc, squares)
@@ -318,8 +341,8 @@ def _add_short(typingctx, values, first, count, term, channel, acc, squares):
 @intrinsic
 def _short_row(typingctx, values, first, count, term, channel, squares):
     """:func:`k1_row` of a row of ``count`` < 64 values from values.flat[first], in registers: its one
-    padded block, then the halving sum of it. Returns (sum, sum of squares: the same tree of t(v)^2
-    where ``squares`` is an array, else 0). The rest of k1_row's tree adds +0 to the lane sums or
+    padded block, then the halving sum of it. Returns (sum, second sum: the same tree of the second sum's
+    terms where ``squares`` is an array, else 0). The rest of k1_row's tree adds +0 to the lane sums or
     subtracts it, which gives them back exactly (a lane sum that starts at 0 + t is never -0), and its
     Kahan error is dropped."""
     if not _typed(term, values, squares):
@@ -496,7 +519,7 @@ def _kn_group(tile, i, first, width, term, acc, squares, local):
             t = _term(row[lane], w, _center(row_term, lane), _factor(row_term, lane), row_term)
             sums[lane] = sums[lane] + t
             if squares is not None:
-                sums_squares[lane] = sums_squares[lane] + t * t
+                sums_squares[lane] = sums_squares[lane] + _second(t, row_term, lane)
     for lane in range(width):
         acc[0, lane] = acc[0, lane] + sums[lane]
         if squares is not None:
@@ -512,14 +535,14 @@ def _kn_short_group(tile, i, first, width, term, acc, squares):
         m, s = _center(term, lane), _factor(term, lane)
         local = np.float32(0.0)
         local_squares = np.float32(0.0)
-        for q in range(4):
+        for q in range(4):  # padding rows add the term +0 to both sums
+            t = t2 = np.float32(0.0)
             if q < count:
                 w = _other_at(term, (i + q) * n + first + lane)
                 t = _term(tile[i + q, first + lane], w, m, s, term)
-            else:
-                t = np.float32(0.0)
+                t2 = _second(t, term, lane)
             local = local + t
-            local_squares = local_squares + t * t
+            local_squares = local_squares + t2
         acc[0, lane] = acc[0, lane] + local
         if squares is not None:
             squares[0, lane] = squares[0, lane] + local_squares

@@ -122,24 +122,28 @@ def _sums(
     *,
     other: np.ndarray | None = None,
     factors: np.ndarray | None = None,
+    scales: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Per-channel float32 S(x) of the contiguous (outer, C, inner) ``x``, or S((x - means)^2) fused;
-    with ``squares`` also S(fl32(x * x)) of the separately computed squares (means None). With ``other``
-    (x's shape) S(fl32(fl32(x - means) * other)), with ``factors`` (per channel) S(fl32(x * factors)):
-    reduces of an array of terms written out before (no fused producer), the terms formed on the way."""
+    with ``squares`` also S(fl32(x * x)) of the separately computed squares (means None), or with
+    ``scales`` (per channel) S(fl32(x * scales)). With ``other`` (x's shape) S(fl32(fl32(x - means) *
+    other)), with ``factors`` (per channel) S(fl32(x * factors)): reduces of an array of terms written out
+    before (no fused producer), the terms formed on the way."""
     if (other is not None and means is None) or (
         factors is not None and (means is not None or other is not None)
     ):
         raise ValueError("terms: means with or without other, or factors alone")
     if x.size >= YNN_MIN_ELEMENTS:
-        return _ynn_sums(x, dims, start, stop, means, threads, squares, other=other, factors=factors)
+        kinds = dict(other=other, factors=factors, scales=scales)
+        return _ynn_sums(x, dims, start, stop, means, threads, squares, **kinds)
     if other is not None or factors is not None:
         terms = written_terms(x, means, other, factors)
         return [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=False)]
     terms = x if means is None else x - means.astype(np.float32)[None, :, None]
     result = [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=means is not None)]
     if squares:
-        result.append(_xla_loop_sum((x * x).reshape(dims), start, stop, square_fma=False))
+        second = x * x if scales is None else written_terms(x, None, None, scales)
+        result.append(_xla_loop_sum(second.reshape(dims), start, stop, square_fma=False))
     return result
 
 
@@ -233,8 +237,10 @@ def _ynn_sums(
     *,
     other: np.ndarray | None = None,
     factors: np.ndarray | None = None,
+    scales: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x))]: each reduce runs the same tiles. The
+    """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x)) or S(fl32(x * scales))]: each reduce runs
+    the same tiles. The
     terms (see :func:`_sums`) are the kernels' ``term`` tuple (:mod:`._xla_kernels`); only jnp.var's
     (x - mean)^2 is a fused producer, which changes the tiles."""
     rank = len(dims)
@@ -243,7 +249,12 @@ def _ynn_sums(
     splits = _split_factors(extents)
     flat = x.reshape(-1)
     C = math.prod(dims[start:stop])
-    term = (_float32(means), None if other is None else _float32(other.reshape(-1)), _float32(factors))
+    term = (
+        _float32(means),
+        None if other is None else _float32(other.reshape(-1)),
+        _float32(factors),
+        _float32(scales),
+    )
     fused = means is not None and other is None
     count = 2 if squares else 1
     if not any(r and s is not None for r, s in zip(reduced, splits, strict=True)):
@@ -271,8 +282,8 @@ def _ynn_sums(
     return outs
 
 
-#: the kernels' term of plain values (no means, other array or factors).
-_VALUES = (None, None, None)
+#: the kernels' term of plain values (no means, other array, factors or scales).
+_VALUES = (None, None, None, None)
 
 
 def _float32(a: np.ndarray | None) -> np.ndarray | None:
@@ -297,7 +308,7 @@ def _ynn_pass(
     runs: list[int | None],
     out_strides: list[int],
     outs: list[np.ndarray],
-    term: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+    term: tuple[np.ndarray | None, ...],
     slot_size: list[int | None] | None = None,
 ) -> None:
     """One YNNPACK reduce of ``flat`` (row-major, ``extents`` innermost first) into ``outs`` (the sums,
@@ -389,7 +400,7 @@ def _run(
     k2s: np.ndarray,
     slots: np.ndarray,
     outs: list[np.ndarray],
-    term: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+    term: tuple[np.ndarray | None, ...],
 ) -> None:
     """One kernel launch over the calls: the calls into one slot form a group, run in their order."""
     from .._kernels.compiled import _launch
