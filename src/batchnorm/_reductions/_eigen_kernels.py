@@ -591,9 +591,9 @@ def _rows_codegen(vectors: int, lanes: int, quads: bool, kind: str):
 
 
 @intrinsic
-def _touch(typingctx, x, index):
+def touch(typingctx, x, index):
     """A hint: fetch the cache line of x.flat[index] (never faults)."""
-    if not _storage_ok(x):
+    if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"):
         return None
 
     def codegen(context, builder, signature, args):
@@ -609,7 +609,7 @@ def _touch_rows(x, r0, r1, C, c0, c1):
     step = 64 // x.itemsize
     for r in range(r0, r1):
         for c in range(c0, c1, step):
-            _touch(x, r * C + c)
+            touch(x, r * C + c)
 
 
 def _make_rows(vectors: int, lanes: int, quads: bool):
