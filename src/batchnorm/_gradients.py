@@ -55,6 +55,8 @@ dx = h(u) + h(...) adds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _reductions
@@ -172,11 +174,7 @@ def _channel_sum(
         if a3.shape[0] * a3.shape[2] == 1:
             return terms.reshape(a3.shape[1]).astype(_F32)
         return terms.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
-
-    start, stop = xla._channel_block(shape, a3.shape[0], a3.shape[1])
-    threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
-    sums: np.ndarray = xla._sums(a3, shape, start, stop, means, threads, other=other, factors=factors)[0]
-    return sums
+    return _xla_sums(dialect, a3, shape, means, other=other, factors=factors)[0]
 
 
 def _sum_and_scaled_sum(
@@ -186,12 +184,20 @@ def _sum_and_scaled_sum(
     the reduction is XLA's (the two reduces have the same shape, so the same tiles)."""
     if a3.shape[0] * a3.shape[2] == 1 or dialect.reduction != "xla":
         return _channel_sum(dialect, a3, shape), _channel_sum(dialect, a3, shape, factors=scales)
+    sums, scaled = _xla_sums(dialect, a3, shape, None, squares=True, scales=scales)
+    return sums, scaled
+
+
+def _xla_sums(
+    dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...], means: np.ndarray | None, **kinds: Any
+) -> list[np.ndarray]:
+    """:func:`batchnorm._reductions.xla._sums` of a3 with the dialect's pool size and the channel axes
+    that ``shape`` (the input's, in memory order) gives."""
     from ._reductions import xla
 
     start, stop = xla._channel_block(shape, a3.shape[0], a3.shape[1])
     threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
-    sums, scaled = xla._sums(a3, shape, start, stop, None, threads, squares=True, scales=scales)
-    return sums, scaled
+    return xla._sums(a3, shape, start, stop, means, threads, **kinds)
 
 
 def _clamp_slope(dialect: Dialect, x3: np.ndarray, var: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
