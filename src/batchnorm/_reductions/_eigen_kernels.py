@@ -604,12 +604,17 @@ def touch(typingctx, x, index):
 
 
 @_serial
+def touch_run(x, first, count):
+    """Prefetch hints for every cache line of x[first:first + count], in memory order."""
+    for i in range(first, first + count, 64 // x.itemsize):
+        touch(x, i)
+
+
+@_serial
 def _touch_rows(x, r0, r1, C, c0, c1):
     """Prefetch hints for rows r0 .. r1 - 1 of the flat x (R, C), channels c0 .. c1 - 1, in memory order."""
-    step = 64 // x.itemsize
     for r in range(r0, r1):
-        for c in range(c0, c1, step):
-            touch(x, r * C + c)
+        touch_run(x, r * C + c0, c1 - c0)
 
 
 def _make_rows(vectors: int, lanes: int, quads: bool):
@@ -668,10 +673,10 @@ def _rows_pass(x, R, C, c0, c1, packets, term, acc, out):
         return
     block = max(4, ROW_BLOCK // C // 4 * 4)
     start = R // 4 * 4 if R >= 16 else 0
-    touch = c1 - c0 < C and (c1 - c0) * x.itemsize <= TOUCH_BYTES
+    ahead = c1 - c0 < C and (c1 - c0) * x.itemsize <= TOUCH_BYTES
     for r0 in range(0, start, block):
         r1 = min(start, r0 + block)
-        if touch:
+        if ahead:
             _touch_rows(x, r1, min(R, r1 + block), C, c0, c1)
         _rows_run(x, r0 * C, (r1 - r0) // 4, C, True, term, acc, c0, c1)
     if start:

@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-from ._eigen_kernels import touch
+from ._eigen_kernels import touch_run
 
 SUM, SQUARES, FMA_SQUARES = 0, 1, 2
 #: channels summed side by side.
@@ -523,8 +523,7 @@ def _group_pass(x, k, outer, C, inner, acc, mean, last):
     for o in range(outer):
         rows = row_starts(o, C, inner, k)
         if ahead and o + 1 < outer:  # the group's rows of the next o, C * inner values on
-            for p in range(0, LANES * inner, 64 // x.itemsize):
-                touch(x, rows[0] + C * inner + p)
+            touch_run(x, rows[0] + C * inner, LANES * inner)
         for i in range(0, body, LANES):
             acc = tile_add(acc, x, rows, i, mean)
         for i in range(body, inner):
