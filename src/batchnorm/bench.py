@@ -511,22 +511,14 @@ def table(rows: list[Row]) -> str:
 
 
 def dialect_table(rows: list[Row]) -> str:
-    lines = [
-        f"{'shape':<16} {'layout':<6} {'path':<17} "
-        + " ".join(
-            f"{r.dialect[:12]:>12}"
-            for r in rows
-            if (r.shape, r.layout, r.path) == (rows[0].shape, rows[0].layout, rows[0].path)
-        )
-    ]
-    keys: list[tuple[tuple[int, ...], str, str]] = []
+    groups: dict[tuple[tuple[int, ...], str, str], list[Row]] = {}  # (shape, layout, path), in order
     for r in rows:
-        if (r.shape, r.layout, r.path) not in keys:
-            keys.append((r.shape, r.layout, r.path))
-    for shape, layout, path in keys:
-        sel = [r for r in rows if (r.shape, r.layout, r.path) == (shape, layout, path)]
+        groups.setdefault((r.shape, r.layout, r.path), []).append(r)
+    first = next(iter(groups.values()))
+    lines = [f"{'shape':<16} {'layout':<6} {'path':<17} " + " ".join(f"{r.dialect[:12]:>12}" for r in first)]
+    for (shape, layout, path), sel in groups.items():
         cells = " ".join(f"{r.ours_ms / r.exact_ms:12.2f}" for r in sel)  # type: ignore[operator]
-        lines.append(f"{'x'.join(map(str, sel[0].shape)):<16} {layout:<6} {path:<17} {cells}")
+        lines.append(f"{'x'.join(map(str, shape)):<16} {layout:<6} {path:<17} {cells}")
     return "\n".join(lines)
 
 

@@ -240,9 +240,8 @@ def _ynn_sums(
     scales: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x)) or S(fl32(x * scales))]: each reduce runs
-    the same tiles. The
-    terms (see :func:`_sums`) are the kernels' ``term`` tuple (:mod:`._xla_kernels`); only jnp.var's
-    (x - mean)^2 is a fused producer, which changes the tiles."""
+    the same tiles. The terms (see :func:`_sums`) are the kernels' ``term`` tuple (:mod:`._xla_kernels`);
+    only jnp.var's (x - mean)^2 is a fused producer, which changes the tiles."""
     rank = len(dims)
     extents = [int(e) for e in reversed(dims)]  # slinky's order: innermost first
     reduced = [not start <= rank - 1 - i < stop for i in range(rank)]
