@@ -717,7 +717,8 @@ def _call(kernel, args):
 
 
 def _launch(kernel, *args):
-    """Call a parallel kernel over ``args[-1]`` chunks; one chunk runs on the calling thread alone.
+    """Call a kernel over ``args[-1]`` chunks (a parallel kernel, or a serial one that launches parallel
+    kernels); one chunk runs on the calling thread alone.
 
     The workqueue threading layer aborts on concurrent launches, so under it launches from several
     Python threads are serialized (the OpenMP and TBB layers run them concurrently)."""
