@@ -112,7 +112,7 @@ def autodiff(
     def total(a: np.ndarray, **term: np.ndarray) -> np.ndarray:
         return _channel_sum(dialect, a.reshape(x3.shape), shape, **term)
 
-    def written_u() -> np.ndarray:  # u = fl(dy * s), into dx's own buffer where dx is float32
+    def written_u(s: np.ndarray) -> np.ndarray:  # u = fl(dy * s), into dx's own buffer where dx is float32
         u = out3.reshape(-1) if direct else np.empty(x3.size, f)
         _launch(kernels.scaled, dyf, s, u, *args)
         return u.reshape(x3.shape)
@@ -128,7 +128,7 @@ def autodiff(
         t = total(xf, means=m, other=dyf)  # S(fl(fl(x - mean) * dy))
         dgamma = inv * t
         if not training:
-            u3 = written_u()
+            u3 = written_u(s)
             if not direct:
                 out3[...] = u3
             return dgamma, dbeta
@@ -141,7 +141,7 @@ def autodiff(
         if direct:  # fl(fl(u + c1) + fl(c2 * fl(2 x))), u formed from dy on the way
             _launch(kernels.input_gradient, xf, dyf, s, c1, c2, out3.reshape(-1), *args)
         else:  # each path's cotangent converted to x's dtype, then added there
-            u3 = written_u()
+            u3 = written_u(s)
             paths = np.empty(x3.size, f)
             _launch(kernels.paths, xf, c1, c2, paths, *args)
             np.add(u3.astype(out3.dtype), paths.reshape(x3.shape).astype(out3.dtype), out=out3)
