@@ -298,8 +298,9 @@ LANES = 16
 PREFETCH = 128
 #: the prefetches' locality hint (3: every cache level, 2: L2 and beyond).
 LOCALITY = 2
-#: planes kernel: columns (a multiple of WIDTH) transposed from the rows before their chains are summed.
-COLUMNS = 128
+#: planes kernel: columns (a multiple of WIDTH) transposed from the rows before their chains are summed. A
+#: plane of at most this many columns (up to 16x16) is one block, whose tile the second pass sums again.
+COLUMNS = 256
 #: planes kernel: columns per transposed block (4 or 16).
 WIDTH = 4
 #: planes kernel: floats between the columns of a transposed tile beyond its A * LANES values (a
@@ -494,12 +495,14 @@ def _chain(typingctx, tile, first, count, term, acc):
 
 
 @_serial
-def _planes_pass(x, A, C, B, c0, term, tile, acc):
+def _planes_pass(x, A, C, B, c0, term, tile, acc, filled):
     """acc[g] = the chain (for b: for a) of the terms of channel c0 + g < c0 + LANES (channels past C
     repeat channel C - 1) of the flat x (A, C, B): blocks of COLUMNS columns transposed (column k of a
     block at tile[k * step + a * LANES + g] = x[a, c0 + g, b0 + k]), then summed column by column; the
-    last B % WIDTH columns one at a time. Short rows of a large input (AHEAD_ROW_BYTES, AHEAD_MIN_BYTES)
-    ask for the next a's rows while a's are transposed."""
+    last B % WIDTH columns one at a time, each in its own column after the block's. ``filled``:
+    the tile already holds this group's columns (one block, transposed by the previous pass), which are
+    summed again without reading x. Short rows of a large input (AHEAD_ROW_BYTES, AHEAD_MIN_BYTES) ask
+    for the next a's rows while a's are transposed."""
     acc[:] = np.float32(0.0)
     step = A * LANES + PAD
     rows = min(LANES, C - c0)
@@ -507,7 +510,7 @@ def _planes_pass(x, A, C, B, c0, term, tile, acc):
     ahead = B * x.itemsize <= AHEAD_ROW_BYTES and x.size * x.itemsize >= AHEAD_MIN_BYTES
     for b0 in range(0, full, COLUMNS):
         nb = min(COLUMNS, full - b0)
-        for a in range(A):
+        for a in range(0 if filled else A):
             first = (a * C + c0) * B + b0
             if ahead and a + 1 < A:  # these columns of the group's rows of the next a, C * B values on
                 for r in range(rows):
@@ -517,37 +520,40 @@ def _planes_pass(x, A, C, B, c0, term, tile, acc):
         for k in range(nb):
             _chain(tile, k * step, A, term, acc)
     for b in range(full, B):
-        for a in range(A):
+        column = (min(COLUMNS, full) + b - full) * step
+        for a in range(0 if filled else A):
             for g in range(LANES):
                 c = min(c0 + g, C - 1)
-                tile[a * LANES + g] = _load(x[(a * C + c) * B + b], np.float32(0.0))
-        _chain(tile, 0, A, term, acc)
+                tile[column + a * LANES + g] = _load(x[(a * C + c) * B + b], np.float32(0.0))
+        _chain(tile, column, A, term, acc)
 
 
 @_parallel
 def planes_moments32(x, A, C, B, cuts, count, second, chunks):
     """Per channel of the flat x (A, C, B) (float32, float16 or bfloat16 storage) reduced over A and B:
     the float32 sum, the mean sum / count and the second sum (``second``: 0 none, 1 of (v - mean)^2, 2 of
-    v^2). Chunk t takes the channel groups cuts[t] <= group < cuts[t + 1], LANES channels each."""
+    v^2). Chunk t takes the channel groups cuts[t] <= group < cuts[t + 1], LANES channels each. Where a
+    group's plane is one block of columns, the second sum reads the tile the first left."""
     sums = np.zeros(C, np.float32)
     means = np.zeros(C, np.float32)
     seconds = np.zeros(C, np.float32)
+    kept = B - B % WIDTH <= COLUMNS
     for t in prange(chunks):
-        tile = np.empty(COLUMNS * (A * LANES + PAD), np.float32)
+        tile = np.empty((min(COLUMNS, B - B % WIDTH) + WIDTH) * (A * LANES + PAD), np.float32)
         acc = np.empty(LANES, np.float32)
         lane_means = np.empty(LANES, np.float32)
         for group in range(cuts[t], cuts[t + 1]):
             c0 = group * LANES
             width = min(LANES, C - c0)
-            _planes_pass(x, A, C, B, c0, None, tile, acc)
+            _planes_pass(x, A, C, B, c0, None, tile, acc, False)
             for i in range(LANES):
                 lane_means[i] = acc[i] / count
             sums[c0 : c0 + width] = acc[:width]
             means[c0 : c0 + width] = lane_means[:width]
             if second == 1:
-                _planes_pass(x, A, C, B, c0, lane_means, tile, acc)
+                _planes_pass(x, A, C, B, c0, lane_means, tile, acc, kept)
             elif second == 2:
-                _planes_pass(x, A, C, B, c0, True, tile, acc)
+                _planes_pass(x, A, C, B, c0, True, tile, acc, kept)
             if second:
                 seconds[c0 : c0 + width] = acc[:width]
     return sums, means, seconds
