@@ -298,9 +298,8 @@ LANES = 16
 PREFETCH = 128
 #: the prefetches' locality hint (3: every cache level, 2: L2 and beyond).
 LOCALITY = 2
-#: planes kernel: columns (a multiple of WIDTH) transposed from the rows before their chains are summed. A
-#: plane of at most this many columns (up to 16x16) is one block, whose tile the second pass sums again.
-COLUMNS = 256
+#: planes kernel: columns (a multiple of WIDTH) transposed from the rows before their chains are summed.
+COLUMNS = 128
 #: planes kernel: columns per transposed block (4 or 16).
 WIDTH = 4
 #: planes kernel: floats between the columns of a transposed tile beyond its A * LANES values (a
@@ -312,6 +311,10 @@ PAD = 16
 #: rows of 49 and 196 values, 25-51 MB; 0.78-0.8x on inputs of 13 MB, 0.92x on rows of 784).
 AHEAD_ROW_BYTES = 1024
 AHEAD_MIN_BYTES = 16 << 20
+#: planes kernel: the largest tile (per thread) that holds a channel group's whole transposed plane, so
+#: that the second pass sums it without reading x again (1.3-1.7x on 7x7 and 14x14 rows, 1.2-1.4x at
+#: 64x256x28x28); a larger plane is transposed COLUMNS columns at a time, again in each pass.
+TILE_BYTES = 4 << 20
 #: rows kernel: values per block of rows that every run of channels reads before the next block.
 ROW_BLOCK = 1 << 14
 #: rows kernel: a task whose channels are part of each row, at most this many bytes of it, asks the cache
@@ -497,19 +500,20 @@ def _chain(typingctx, tile, first, count, term, acc):
 @_serial
 def _planes_pass(x, A, C, B, c0, term, tile, acc, filled):
     """acc[g] = the chain (for b: for a) of the terms of channel c0 + g < c0 + LANES (channels past C
-    repeat channel C - 1) of the flat x (A, C, B): blocks of COLUMNS columns transposed (column k of a
-    block at tile[k * step + a * LANES + g] = x[a, c0 + g, b0 + k]), then summed column by column; the
-    last B % WIDTH columns one at a time, each in its own column after the block's. ``filled``:
-    the tile already holds this group's columns (one block, transposed by the previous pass), which are
-    summed again without reading x. Short rows of a large input (AHEAD_ROW_BYTES, AHEAD_MIN_BYTES) ask
-    for the next a's rows while a's are transposed."""
+    repeat channel C - 1) of the flat x (A, C, B): blocks of as many columns as the tile has room for
+    but WIDTH transposed (column k of a block at tile[k * step + a * LANES + g] = x[a, c0 + g, b0 + k]),
+    then summed column by column; the last B % WIDTH columns one at a time, each in one of the WIDTH
+    columns after the block's. ``filled``: the tile already holds this group's plane as one block
+    (transposed by the previous pass), which is summed again without reading x. Short rows of a large
+    input (AHEAD_ROW_BYTES, AHEAD_MIN_BYTES) ask for the next a's rows while a's are transposed."""
     acc[:] = np.float32(0.0)
     step = A * LANES + PAD
+    width = tile.size // step - WIDTH
     rows = min(LANES, C - c0)
     full = B - B % WIDTH
     ahead = B * x.itemsize <= AHEAD_ROW_BYTES and x.size * x.itemsize >= AHEAD_MIN_BYTES
-    for b0 in range(0, full, COLUMNS):
-        nb = min(COLUMNS, full - b0)
+    for b0 in range(0, full, width):
+        nb = min(width, full - b0)
         for a in range(0 if filled else A):
             first = (a * C + c0) * B + b0
             if ahead and a + 1 < A:  # these columns of the group's rows of the next a, C * B values on
@@ -520,7 +524,7 @@ def _planes_pass(x, A, C, B, c0, term, tile, acc, filled):
         for k in range(nb):
             _chain(tile, k * step, A, term, acc)
     for b in range(full, B):
-        column = (min(COLUMNS, full) + b - full) * step
+        column = (width + b - full) * step
         for a in range(0 if filled else A):
             for g in range(LANES):
                 c = min(c0 + g, C - 1)
@@ -533,13 +537,16 @@ def planes_moments32(x, A, C, B, cuts, count, second, chunks):
     """Per channel of the flat x (A, C, B) (float32, float16 or bfloat16 storage) reduced over A and B:
     the float32 sum, the mean sum / count and the second sum (``second``: 0 none, 1 of (v - mean)^2, 2 of
     v^2). Chunk t takes the channel groups cuts[t] <= group < cuts[t + 1], LANES channels each. Where a
-    group's plane is one block of columns, the second sum reads the tile the first left."""
+    group's transposed plane fits a tile of TILE_BYTES, it is one block, and the second sum reads the
+    tile the first left; else blocks of COLUMNS columns, transposed again by the second pass."""
     sums = np.zeros(C, np.float32)
     means = np.zeros(C, np.float32)
     seconds = np.zeros(C, np.float32)
-    kept = B - B % WIDTH <= COLUMNS
+    step = A * LANES + PAD
+    kept = (B - B % WIDTH + WIDTH) * step * 4 <= TILE_BYTES
+    columns = max(WIDTH, B - B % WIDTH) if kept else COLUMNS
     for t in prange(chunks):
-        tile = np.empty((min(COLUMNS, B - B % WIDTH) + WIDTH) * (A * LANES + PAD), np.float32)
+        tile = np.empty((columns + WIDTH) * step, np.float32)
         acc = np.empty(LANES, np.float32)
         lane_means = np.empty(LANES, np.float32)
         for group in range(cuts[t], cuts[t + 1]):
