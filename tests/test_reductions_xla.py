@@ -174,12 +174,15 @@ def test_k1_row_is_the_documented_tree(k):
     assert squares == ref_k1(list(v * v))
 
 
-@pytest.mark.parametrize("k", [1, 2, 15, 16, 17, 49, 63, 65, 196, 255, 300])
+@pytest.mark.parametrize(
+    "k", [1, 2, 15, 16, 17, 49, 63, 64, 65, 128, 196, 255, 256, 257, 300, 511, 784, 1023, 1024, 1025]
+)
 @pytest.mark.parametrize("mean", [None, 1e4 + 0.25, np.inf])
 def test_rows_take_the_documented_tree_through_k1_groups(k, mean):
     """Rows under 64 values run as one vector step in registers, the lanes past the row holding the term
-    +0 (whatever the mean); longer rows end in the scalar short block. The documented tree's bits either
-    way, signed zeros and an infinite mean included."""
+    +0 (whatever the mean); rows under 1024 values in registers too (groups of four blocks, single
+    blocks, the padded last one); longer rows through k1_row's accumulators. The documented tree's bits
+    every way, signed zeros and an infinite mean included."""
     from batchnorm._reductions import _xla_kernels as kern
 
     rng = np.random.default_rng(k)

@@ -19,7 +19,9 @@ when numba compiles (one specialization per combination), so the hot loops carry
   to accumulator 0; accumulator 0 goes into accumulator 1 after every block (four blocks at a time while
   256 or more values remain), accumulator 1 into accumulator 2 by Kahan summation every 1024 values and
   at the end, and the row's sum is the halving horizontal sum of accumulator 2 (lanes 0-7 + 8-15, ...).
-  A tile's sum is added to the output slot, rows of a tile one after another.
+  A tile's sum is added to the output slot, rows of a tile one after another. Rows under 1024 values
+  never reach a Kahan step before the last, so they are summed in registers (:func:`_short_row` under
+  64 values, :func:`_medium_row` under 1024) with the same operations; longer ones by :func:`k1_row`.
 - :func:`kn_groups`: ``sum_float_kn``: rows of n contiguous channels, one lane per channel: groups of
   four rows ``((0 + r0) + r1) + r2) + r3`` into accumulator 0, accumulator 0 into 1 every 16 rows, 1 into
   2 by Kahan summation every 256 rows and at the end; output slot + accumulator 2 (k <= 4 rows: the
@@ -43,6 +45,8 @@ from numba.extending import intrinsic, overload
 
 LANES = 16
 BLOCK = 4 * LANES  # sum_float_k1's block of values
+#: rows shorter than this are summed in registers: no Kahan step comes before the row's last
+MEDIUM_ROW = 16 * BLOCK
 
 _serial = njit(nogil=True, cache=True, error_model="numpy")
 _parallel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
@@ -287,18 +291,63 @@ def _add_block_codegen(masked: bool, with_squares: bool):
 def _short_row_codegen(with_squares: bool):
     def codegen(context, builder, signature, args):
         terms, seconds = _block_terms(context, builder, signature, args, True)
-        totals = []
-        for items in [terms] + ([seconds] if with_squares else []):
-            local = _local(builder, items)
-            width = LANES
-            while width > 1:  # the halving sum: lanes 0-7 + 8-15, then 0-3 + 4-7, ...
-                width //= 2
-                halves = [
-                    ir.Constant(ir.VectorType(_I32, width), list(range(h, h + width))) for h in (0, width)
+        totals = [
+            _halving(builder, _local(builder, items))
+            for items in [terms] + ([seconds] if with_squares else [])
+        ]
+        totals += [] if with_squares else [ir.Constant(ir.FloatType(), 0.0)]
+        return context.make_tuple(builder, signature.return_type, totals)
+
+    return codegen
+
+
+def _halving(builder, local):
+    """The halving horizontal sum of a vector: lanes 0-7 + 8-15, then 0-3 + 4-7, ... (lane 0 at the end)."""
+    width = LANES
+    while width > 1:
+        width //= 2
+        halves = [ir.Constant(ir.VectorType(_I32, width), list(range(h, h + width))) for h in (0, width)]
+        low, high = (builder.shuffle_vector(local, local, half) for half in halves)
+        local = builder.fadd(low, high)
+    return builder.extract_element(local, ir.Constant(_I32, 0))
+
+
+def _medium_row_codegen(with_squares: bool):
+    def codegen(context, builder, signature, args):
+        values, first, count, term, channel = args[:5]
+        first, count = _wide(builder, first), _wide(builder, count)
+        sums = [cgutils.alloca_once_value(builder, _ZERO) for _ in range(2 if with_squares else 1)]
+
+        def blocks(at, n, masked):
+            terms, seconds = _block_terms(context, builder, signature, [values, at, n, term, channel], masked)
+            return [_local(builder, items) for items in [terms, seconds][: len(sums)]]
+
+        quads = builder.sdiv(count, ir.Constant(_I64, 4 * BLOCK))
+        with cgutils.for_range(builder, quads) as loop:  # groups of four blocks: acc0 of four, into acc1
+            base = builder.add(first, builder.mul(loop.index, ir.Constant(_I64, 4 * BLOCK)))
+            group = [_ZERO] * len(sums)
+            for b in range(4):
+                at = builder.add(base, ir.Constant(_I64, b * BLOCK))
+                group = [
+                    builder.fadd(g, local) for g, local in zip(group, blocks(at, count, False), strict=True)
                 ]
-                low, high = (builder.shuffle_vector(local, local, half) for half in halves)
-                local = builder.fadd(low, high)
-            totals.append(builder.extract_element(local, ir.Constant(_I32, 0)))
+            for slot, g in zip(sums, group, strict=True):
+                builder.store(builder.fadd(builder.load(slot), g), slot)
+        done = builder.mul(quads, ir.Constant(_I64, 4 * BLOCK))
+        singles = builder.sdiv(builder.sub(count, done), ir.Constant(_I64, BLOCK))
+        with cgutils.for_range(builder, singles) as loop:  # single blocks: acc0 = 0 + local, into acc1
+            at = builder.add(first, builder.add(done, builder.mul(loop.index, ir.Constant(_I64, BLOCK))))
+            for slot, local in zip(sums, blocks(at, count, False), strict=True):
+                builder.store(builder.fadd(builder.load(slot), builder.fadd(_ZERO, local)), slot)
+        done = builder.add(done, builder.mul(singles, ir.Constant(_I64, BLOCK)))
+        rest = builder.sub(count, done)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(_I64, 0))):  # the short last block
+            for slot, local in zip(sums, blocks(builder.add(first, done), rest, True), strict=True):
+                builder.store(builder.fadd(builder.load(slot), builder.fadd(_ZERO, local)), slot)
+        totals = []
+        for slot in sums:  # the final Kahan step from acc2 = 0, then the halving sum's 0 + lane
+            t = builder.fadd(_ZERO, builder.fsub(builder.load(slot), _ZERO))
+            totals.append(_halving(builder, builder.fadd(_ZERO, t)))
         totals += [] if with_squares else [ir.Constant(ir.FloatType(), 0.0)]
         return context.make_tuple(builder, signature.return_type, totals)
 
@@ -349,6 +398,19 @@ def _short_row(typingctx, values, first, count, term, channel, squares):
         return None
     signature = types.UniTuple(types.float32, 2)(values, first, count, term, channel, squares)
     return signature, _short_row_codegen(isinstance(squares, types.Array))
+
+
+@intrinsic
+def _medium_row(typingctx, values, first, count, term, channel, squares):
+    """:func:`k1_row` of a row of 64 <= ``count`` < 1024 values from values.flat[first], in registers:
+    groups of four blocks summed into accumulator 0 and then into 1, the single blocks and the padded last
+    one into 1 as 0 + local, then the final flush (accumulator 1 into 2 = 0 by Kahan's step, exact from
+    0) and the halving sum. Under 1024 values no Kahan step comes before the last, so its error is never
+    used. Returns (sum, second sum, or 0 where ``squares`` is not an array)."""
+    if not _typed(term, values, squares):
+        return None
+    signature = types.UniTuple(types.float32, 2)(values, first, count, term, channel, squares)
+    return signature, _medium_row_codegen(isinstance(squares, types.Array))
 
 
 # -- the accumulator tree shared by both kernels ---------------------------------------------------------
@@ -489,6 +551,8 @@ def k1_groups(
                     start = tile_offset[t] + r * stride_k2 + j * stride_n
                     if k1 < BLOCK:
                         total, total_squares = _short_row(x, start, k1, term, j, squares)
+                    elif k1 < MEDIUM_ROW:
+                        total, total_squares = _medium_row(x, start, k1, term, j, squares)
                     else:
                         row_term = _term_run(term, start, k1)
                         total, total_squares = k1_row(x[start : start + k1], j, row_term, acc, squares)
