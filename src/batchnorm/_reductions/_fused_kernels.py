@@ -149,9 +149,9 @@ LANES = 8
 #: group_moments on rows of at most this many bytes, in an input of at least AHEAD_MIN_BYTES (from memory,
 #: not the caches), asks for the group's rows of the next o while it sums those of o: each o's rows are
 #: a short burst C rows after the last, which the prefetchers do not see coming (1.35-1.66x at rows of
-#: 49 and 64 values, 16-26 MB; slower by up to 0.88x on inputs that fit the caches, nothing gained on
-#: rows of 196 and more).
-AHEAD_ROW_BYTES = 256
+#: 49 and 64 values, 16-26 MB; the torch dialect's training forward 1.1-1.4x at rows of 100 to 256
+#: values, 25-51 MB; slower by up to 0.88x on inputs that fit the caches).
+AHEAD_ROW_BYTES = 1024
 AHEAD_MIN_BYTES = 16 << 20
 
 
