@@ -322,6 +322,7 @@ def _medium_row_codegen(with_squares: bool):
             terms, seconds = _block_terms(context, builder, signature, [values, at, n, term, channel], masked)
             return [_local(builder, items) for items in [terms, seconds][: len(sums)]]
 
+        whole = ir.Constant(_I64, BLOCK)
         quads = builder.sdiv(count, ir.Constant(_I64, 4 * BLOCK))
         with cgutils.for_range(builder, quads) as loop:  # groups of four blocks: acc0 of four, into acc1
             base = builder.add(first, builder.mul(loop.index, ir.Constant(_I64, 4 * BLOCK)))
@@ -329,7 +330,7 @@ def _medium_row_codegen(with_squares: bool):
             for b in range(4):
                 at = builder.add(base, ir.Constant(_I64, b * BLOCK))
                 group = [
-                    builder.fadd(g, local) for g, local in zip(group, blocks(at, count, False), strict=True)
+                    builder.fadd(g, local) for g, local in zip(group, blocks(at, whole, False), strict=True)
                 ]
             for slot, g in zip(sums, group, strict=True):
                 builder.store(builder.fadd(builder.load(slot), g), slot)
@@ -337,7 +338,7 @@ def _medium_row_codegen(with_squares: bool):
         singles = builder.sdiv(builder.sub(count, done), ir.Constant(_I64, BLOCK))
         with cgutils.for_range(builder, singles) as loop:  # single blocks: acc0 = 0 + local, into acc1
             at = builder.add(first, builder.add(done, builder.mul(loop.index, ir.Constant(_I64, BLOCK))))
-            for slot, local in zip(sums, blocks(at, count, False), strict=True):
+            for slot, local in zip(sums, blocks(at, whole, False), strict=True):
                 builder.store(builder.fadd(builder.load(slot), builder.fadd(_ZERO, local)), slot)
         done = builder.add(done, builder.mul(singles, ir.Constant(_I64, BLOCK)))
         rest = builder.sub(count, done)
