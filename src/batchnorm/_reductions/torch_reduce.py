@@ -73,6 +73,8 @@ VECTOR_BYTES = 32
 COLUMN_ROUNDING_BYTES = 128
 #: inputs below this many values are summed on the calling thread alone.
 PARALLEL_MIN = 1 << 16
+#: rows of fewer than this many cascade blocks (2**4 groups of four vectors each) are summed in registers.
+ROW_BLOCKS = 16
 
 
 def moments(
@@ -391,16 +393,38 @@ def _row(xs, c, lanes, cs, vector_levels, scalar_levels, zero):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _added(a, b):
+    """Four vectors plus four vectors, each pair added."""
+    return add(a[0], b[0]), add(a[1], b[1]), add(a[2], b[2]), add(a[3], b[3])
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _short_vector_row(xs, c, groups, units, zero):
-    """:func:`_row` of a row of ``units`` vectors of LANES values (then a scalar tail) whose ``groups``
-    groups of four vectors end no cascade block: level 0 alone, each of the four ilp parts and both
-    sums in registers; the same operations in the same order."""
+    """:func:`_row` of a row of ``units`` vectors of LANES values (then a scalar tail) in fewer than
+    ROW_BLOCKS blocks of 2**4 groups of four vectors, in registers: cascade levels 0 and 1 (a block's end
+    adds level 0 into 1; no level 2 before the 16th block), each of the four ilp parts and both sums.
+    Under one block, level 0 alone (no block ends, and the levels are not added). The same operations
+    in the same order."""
     center = splat(c)
     centers = (center, center, center, center)
     z = zeros(zero)
-    a = b = (z, z, z, z)
-    for j in range(groups):
-        a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
+    none = (z, z, z, z)
+    a = b = none
+    blocks = groups >> 4
+    if blocks:
+        a1 = b1 = none
+        for block in range(blocks):
+            for j in range(block << 4, (block + 1) << 4):
+                a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
+            a1, b1 = _added(a1, a), _added(b1, b)
+            a = b = none
+        for j in range(blocks << 4, groups):
+            a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
+        a = _added(_added(_added(a, a1), none), none)  # ((level 0 + 1) + level 2) + level 3, both 0
+        b = _added(_added(_added(b, b1), none), none)
+    else:
+        for j in range(groups):
+            a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
     a_0, b_0 = a[0], b[0]
     for u in range(4 * groups, units):  # the vectors after the last group go to part 0
         a_0, b_0 = run_add(a_0, xs, u * LANES, None), run_add(b_0, xs, u * LANES, center)
@@ -432,7 +456,7 @@ def _rows_into(flat, center, C, starts, lengths, lanes, zero, r0, r1, out_a, out
     for r in range(r0, r1):
         xs = flat[starts[r] : starts[r] + lengths[r]]
         units = xs.size // LANES
-        if lanes == LANES and xs.size >= LANES and units < 4 << 4:  # groups < 16: no cascade block ends
+        if lanes == LANES and xs.size >= LANES and units < 4 * ROW_BLOCKS << 4:  # at most level 1
             out_a[r], out_b[r] = _short_vector_row(xs, center[r % C], units // 4, units, zero)
         else:
             out_a[r], out_b[r] = _row(xs, center[r % C], lanes, cs, vector_levels, scalar_levels, zero)
