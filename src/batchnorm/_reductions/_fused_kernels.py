@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-from ._eigen_kernels import touch_run
+from ._eigen_kernels import bursts_ahead, touch_run
 
 SUM, SQUARES, FMA_SQUARES = 0, 1, 2
 #: channels summed side by side.
@@ -146,13 +146,6 @@ def column_tree_sums(rows, mean, packed, unrolled, mode):
 
 #: channels per vector (lanes) and values per row of a tile.
 LANES = 8
-#: group_moments on rows of at most this many bytes, in an input of at least AHEAD_MIN_BYTES (from memory,
-#: not the caches), asks for the group's rows of the next o while it sums those of o: each o's rows are
-#: a short burst C rows after the last, which the prefetchers do not see coming (1.35-1.66x at rows of
-#: 49 and 64 values, 16-26 MB; the torch dialect's training forward 1.1-1.4x at rows of 100 to 256
-#: values, 25-51 MB; slower by up to 0.88x on inputs that fit the caches).
-AHEAD_ROW_BYTES = 1024
-AHEAD_MIN_BYTES = 16 << 20
 
 
 class Vector(types.Type):
@@ -519,7 +512,7 @@ def _group_pass(x, k, outer, C, inner, acc, mean, last):
     """acc plus the terms of channels k over (o, i) in memory order; the value at i == last (if any) by
     :func:`column_fma`."""
     body = inner - inner % LANES
-    ahead = inner * x.itemsize <= AHEAD_ROW_BYTES and x.size * x.itemsize >= AHEAD_MIN_BYTES
+    ahead = bursts_ahead(x, inner)  # see _eigen_kernels.AHEAD_ROW_BYTES
     for o in range(outer):
         rows = row_starts(o, C, inner, k)
         if ahead and o + 1 < outer:  # the group's rows of the next o, C * inner values on
