@@ -169,12 +169,12 @@ def _channel_sum(
     simplifier turns a reduce of size-1 dimensions into a reshape: -0 stays -0)."""
     from ._reductions import xla
 
-    if a3.shape[0] * a3.shape[2] == 1 or dialect.reduction != "xla":
-        terms = xla.written_terms(a3, means, other, factors)
-        if a3.shape[0] * a3.shape[2] == 1:
-            return terms.reshape(a3.shape[1]).astype(_F32)
-        return terms.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
-    return _xla_sums(dialect, a3, shape, means, other=other, factors=factors)[0]
+    if _by_xla(dialect, a3):
+        return _xla_sums(dialect, a3, shape, means, other=other, factors=factors)[0]
+    terms = xla.written_terms(a3, means, other, factors)
+    if a3.shape[0] * a3.shape[2] == 1:
+        return terms.reshape(a3.shape[1]).astype(_F32)
+    return terms.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
 
 
 def _sum_and_scaled_sum(
@@ -182,10 +182,16 @@ def _sum_and_scaled_sum(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(S(a3), S(fl(a3 * scales))) per channel as :func:`_channel_sum` gives them, one pass over a3 where
     the reduction is XLA's (the two reduces have the same shape, so the same tiles)."""
-    if a3.shape[0] * a3.shape[2] == 1 or dialect.reduction != "xla":
+    if not _by_xla(dialect, a3):
         return _channel_sum(dialect, a3, shape), _channel_sum(dialect, a3, shape, factors=scales)
     sums, scaled = _xla_sums(dialect, a3, shape, None, squares=True, scales=scales)
     return sums, scaled
+
+
+def _by_xla(dialect: Dialect, a3: np.ndarray) -> bool:
+    """Whether XLA's tree sums the (outer, C, inner) ``a3``: the dialect's reduction is XLA's and a
+    channel has more than one value (else a reshape, see :func:`_channel_sum`)."""
+    return dialect.reduction == "xla" and a3.shape[0] * a3.shape[2] > 1
 
 
 def _xla_sums(
