@@ -73,7 +73,10 @@ VECTOR_BYTES = 32
 COLUMN_ROUNDING_BYTES = 128
 #: inputs below this many values are summed on the calling thread alone.
 PARALLEL_MIN = 1 << 16
-#: rows of fewer than this many cascade blocks (2**4 groups of four vectors each) are summed in registers.
+#: multi_row_sum's least block: 2**MIN_POWER items (:func:`_level_power`; every block under 2**20 items).
+MIN_POWER = 4
+#: rows of fewer than this many cascade blocks (2**MIN_POWER groups of four vectors each) are summed in
+#: registers.
 ROW_BLOCKS = 16
 
 
@@ -253,7 +256,7 @@ def _level_power(m):
         ceil_log2 = 0
         while (1 << ceil_log2) < m:
             ceil_log2 += 1
-    return max(4, ceil_log2 // 4)
+    return max(MIN_POWER, ceil_log2 // 4)
 
 
 @_kernel
@@ -401,30 +404,27 @@ def _added(a, b):
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _short_vector_row(xs, c, groups, units, zero):
     """:func:`_row` of a row of ``units`` vectors of LANES values (then a scalar tail) in fewer than
-    ROW_BLOCKS blocks of 2**4 groups of four vectors, in registers: cascade levels 0 and 1 (a block's end
-    adds level 0 into 1; no level 2 before the 16th block), each of the four ilp parts and both sums.
-    Under one block, level 0 alone (no block ends, and the levels are not added). The same operations
-    in the same order."""
+    ROW_BLOCKS blocks of 2**MIN_POWER groups of four vectors, in registers: cascade levels 0 and 1 (a
+    block's end adds level 0 into 1; no level 2 before the 16th block), each of the four ilp parts and
+    both sums. Under one block, level 0 alone (no block ends, and the levels are not added). The same
+    operations in the same order."""
     center = splat(c)
     centers = (center, center, center, center)
     z = zeros(zero)
     none = (z, z, z, z)
     a = b = none
-    blocks = groups >> 4
-    if blocks:
-        a1 = b1 = none
-        for block in range(blocks):
-            for j in range(block << 4, (block + 1) << 4):
-                a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
-            a1, b1 = _added(a1, a), _added(b1, b)
-            a = b = none
-        for j in range(blocks << 4, groups):
+    a1 = b1 = none
+    blocks = groups >> MIN_POWER
+    for block in range(blocks):
+        for j in range(block << MIN_POWER, (block + 1) << MIN_POWER):
             a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
-        a = _added(_added(_added(a, a1), none), none)  # ((level 0 + 1) + level 2) + level 3, both 0
+        a1, b1 = _added(a1, a), _added(b1, b)
+        a = b = none
+    for j in range(blocks << MIN_POWER, groups):
+        a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
+    if blocks:  # the cascade adds its levels where a block ended: ((level 0 + 1) + level 2) + level 3
+        a = _added(_added(_added(a, a1), none), none)
         b = _added(_added(_added(b, b1), none), none)
-    else:
-        for j in range(groups):
-            a, b = _add_group(a, b, xs, j * 4 * LANES, centers)
     a_0, b_0 = a[0], b[0]
     for u in range(4 * groups, units):  # the vectors after the last group go to part 0
         a_0, b_0 = run_add(a_0, xs, u * LANES, None), run_add(b_0, xs, u * LANES, center)
@@ -456,7 +456,7 @@ def _rows_into(flat, center, C, starts, lengths, lanes, zero, r0, r1, out_a, out
     for r in range(r0, r1):
         xs = flat[starts[r] : starts[r] + lengths[r]]
         units = xs.size // LANES
-        if lanes == LANES and xs.size >= LANES and units < 4 * ROW_BLOCKS << 4:  # at most level 1
+        if lanes == LANES and xs.size >= LANES and units < 4 * ROW_BLOCKS << MIN_POWER:  # at most level 1
             out_a[r], out_b[r] = _short_vector_row(xs, center[r % C], units // 4, units, zero)
         else:
             out_a[r], out_b[r] = _row(xs, center[r % C], lanes, cs, vector_levels, scalar_levels, zero)
