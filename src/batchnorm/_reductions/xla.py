@@ -37,14 +37,16 @@ reduce); that is not emulated.
 float64 inputs (JAX's x64 mode) are summed in float64 by :mod:`batchnorm._kernels` instead.
 
 Speed: Flax's S(x) and S(x * x) run the same tiles, so one pass over x sums both; the tiles' kernel calls
-are laid out with NumPy (one template per tile shape), and each YNNPACK pass is one parallel launch of
-:mod:`._xla_kernels` (small ones run on the calling thread).
+are laid out with NumPy (one template per tile shape) once per layout and cached, and each YNNPACK pass is
+one parallel launch of :mod:`._xla_kernels` (small ones run on the calling thread).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -312,13 +314,42 @@ def _ynn_pass(
 ) -> None:
     """One YNNPACK reduce of ``flat`` (row-major, ``extents`` innermost first) into ``outs`` (the sums,
     and the sums of squares where there are two): a tile per combination of the running split loops
-    (``runs``), each into its own slot (the tiles' order is free: no two write the same slot).
+    (``runs``), each into its own slot (the tiles' order is free: no two write the same slot)."""
+    sizes = None if slot_size is None else tuple(slot_size)
+    for launch in _launches(tuple(extents), tuple(reduced), tuple(runs), tuple(out_strides), sizes):
+        _run(flat, launch, outs, term)
+
+
+class _Launch(NamedTuple):
+    """One kernel launch of a YNNPACK pass (see :func:`_kernel_calls` for ``key``): its calls' offsets,
+    k1 and k2, a slot's calls together in order (group g: calls group_start[g] .. group_start[g + 1],
+    into slot group_slot[g]), and the number of values summed."""
+
+    key: tuple[str, int, int, int, int]
+    offsets: np.ndarray
+    k1s: np.ndarray
+    k2s: np.ndarray
+    group_start: np.ndarray
+    group_slot: np.ndarray
+    values: int
+
+
+@functools.lru_cache(maxsize=64)
+def _launches(
+    extents: tuple[int, ...],
+    reduced: tuple[bool, ...],
+    runs: tuple[int | None, ...],
+    out_strides: tuple[int, ...],
+    slot_size: tuple[int | None, ...] | None,
+) -> tuple[_Launch, ...]:
+    """The launches of one YNNPACK pass (cached per layout: they depend on the shape alone).
 
     Tiles of one shape (full, or short at the end of a split dimension) run the same kernel calls from
-    their own origin, so the calls are built once per shape and laid out over the tiles with NumPy."""
+    their own origin, so the calls are built once per shape and laid out over the tiles with NumPy;
+    tiles of different shapes but the same kernel share one launch."""
     rank = len(extents)
     strides = [math.prod(extents[:d]) for d in range(rank)]
-    sizes = slot_size if slot_size is not None else [None] * rank
+    sizes = slot_size if slot_size is not None else (None,) * rank
     per_dim = []  # (origins, extent) of the full tiles and of a short last one
     for extent, run in zip(extents, runs, strict=True):
         if run is None:
@@ -332,7 +363,7 @@ def _ynn_pass(
     batches: dict[tuple[str, int, int, int, int], list[tuple[np.ndarray, ...]]] = {}
     for shape in itertools.product(*per_dim):
         key, call_offsets, k1, k2, call_slots = _kernel_calls(
-            [e for _, e in shape], strides, reduced, out_strides
+            [e for _, e in shape], strides, list(reduced), list(out_strides)
         )
         origin = np.zeros(1, np.int64)
         slot = np.zeros(1, np.int64)
@@ -346,9 +377,16 @@ def _ynn_pass(
         slots = (slot[:, None] + call_slots[None, :]).reshape(-1)
         k1s, k2s = np.full(offsets.size, k1, np.int64), np.full(offsets.size, k2, np.int64)
         batches.setdefault(key, []).append((offsets, k1s, k2s, slots))
-    for key, calls in batches.items():  # tiles of different shapes but the same kernel: one launch
+    launches = []
+    for key, calls in batches.items():
         offsets, k1s, k2s, slots = (np.concatenate(parts) for parts in zip(*calls, strict=True))
-        _run(flat, key, offsets, k1s, k2s, slots, outs, term)
+        order = np.argsort(slots, kind="stable")  # a slot's calls together, in order
+        offsets, k1s, k2s, slots = offsets[order], k1s[order], k2s[order], slots[order]
+        group_start = np.concatenate(([0], np.flatnonzero(np.diff(slots)) + 1, [slots.size])).astype(np.int64)
+        group_slot = np.ascontiguousarray(slots[group_start[:-1]])
+        values = int(np.sum(k1s * k2s)) * key[1]
+        launches.append(_Launch(key, offsets, k1s, k2s, group_start, group_slot, values))
+    return tuple(launches)
 
 
 def _kernel_calls(
@@ -392,32 +430,22 @@ def _kernel_calls(
 
 
 def _run(
-    flat: np.ndarray,
-    key: tuple[str, int, int, int, int],
-    offsets: np.ndarray,
-    k1s: np.ndarray,
-    k2s: np.ndarray,
-    slots: np.ndarray,
-    outs: list[np.ndarray],
-    term: tuple[np.ndarray | None, ...],
+    flat: np.ndarray, launch: _Launch, outs: list[np.ndarray], term: tuple[np.ndarray | None, ...]
 ) -> None:
     """One kernel launch over the calls: the calls into one slot form a group, run in their order."""
     from .._kernels.compiled import _launch
     from . import _xla_kernels as k
 
-    kind, n, stride_n, stride_k2, stride_out = key
-    order = np.argsort(slots, kind="stable")  # a slot's calls together, in order
-    offsets, k1s, k2s, slots = offsets[order], k1s[order], k2s[order], slots[order]
-    group_start = np.concatenate(([0], np.flatnonzero(np.diff(slots)) + 1, [slots.size])).astype(np.int64)
-    group_slot = np.ascontiguousarray(slots[group_start[:-1]])
+    kind, n, stride_n, stride_k2, stride_out = launch.key
+    group_start, group_slot = launch.group_start, launch.group_slot
     groups = group_slot.size
     out, out_squares = outs[0], outs[1] if len(outs) > 1 else None
     threads = k.threads()
-    values = int(np.sum(k1s * k2s)) * n
+    values = launch.values
     if kind == "k1":
         chunks = _chunks(groups * n, values, threads)
-        args = (flat, group_start, offsets, k1s, k2s, stride_k2, stride_n, n, stride_out, group_slot)
-        _launch(k.k1_groups, *args, term, out, out_squares, chunks)
+        rows = (launch.offsets, launch.k1s, launch.k2s, stride_k2, stride_n, n, stride_out)
+        _launch(k.k1_groups, flat, group_start, *rows, group_slot, term, out, out_squares, chunks)
         return
     # kn: the channels are the innermost dimensions of the tile, so its rows are n values apart
     if stride_k2 != n or (n > 1 and stride_out != 1):
@@ -429,9 +457,8 @@ def _run(
         else max(k.LANES, _round_up(-(-n // per_group), k.LANES))
     )
     chunks = _chunks(groups * -(-n // block), values, threads)
-    _launch(
-        k.kn_groups, flat, group_start, offsets, k2s, n, block, group_slot, term, out, out_squares, chunks
-    )
+    tiles = (launch.offsets, launch.k2s, n, block)
+    _launch(k.kn_groups, flat, group_start, *tiles, group_slot, term, out, out_squares, chunks)
 
 
 def _chunks(jobs: int, values: int, threads: int) -> int:
