@@ -353,6 +353,61 @@ def test_parallel_launches_equal_the_serial_ones(monkeypatch, dims, start, stop)
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "dims",
+    [
+        (3, 40, 30, 30),  # rows of 900: in registers
+        (5, 700, 7, 7),  # rows under one block
+        (2, 9, 64, 64),  # rows of 4096: k1_row
+        (4, 3, 100, 110),  # three channels
+        (20, 700, 7, 7),  # 20 slots per channel: kn's tree over them is no longer a chain
+    ],
+)
+@pytest.mark.parametrize("threads", [2, 4])
+def test_two_passes_by_blocks_of_channels_equal_the_passes_in_turn(monkeypatch, dims, threads):
+    """jnp.mean's and jnp.var's reduces run block by block of channels (each block's second pass from
+    cache) give the bits of the two launches one after the other: blocks of one channel and of a
+    thread's whole share, on the calling thread and in parallel; large means, inf and NaN."""
+    assert xla._blocked_two_pass(dims, 1, 2, threads) is not None
+    rng = np.random.default_rng(sum(dims))
+    x = (1e4 + rng.standard_normal(dims) * np.arange(1, dims[1] + 1)[:, None, None]).astype(F)
+    x[0, 1, 0, :5] = np.inf
+    x[-1, 2, -1, -1] = np.nan
+    x3 = x.reshape(dims[0], dims[1], -1)
+    with np.errstate(all="ignore"):
+        with monkeypatch.context() as patched:
+            patched.setattr(xla, "_blocked_two_pass", lambda *_: None)
+            in_turn = xla.moments(x3, "two_pass", np.dtype(F), shape=dims, threads=threads)
+        for cache_bytes, serial_values in (
+            (xla.CACHE_BYTES, xla.SERIAL_VALUES),
+            (1, xla.SERIAL_VALUES),
+            (1, 0),
+        ):
+            monkeypatch.setattr(xla, "CACHE_BYTES", cache_bytes)
+            monkeypatch.setattr(xla, "SERIAL_VALUES", serial_values)
+            by_blocks = xla.moments(x3, "two_pass", np.dtype(F), shape=dims, threads=threads)
+            for got, want in zip(by_blocks, in_turn, strict=True):
+                np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    finite = np.isfinite(in_turn[1])
+    assert finite.sum() == dims[1] - 2  # the channels with inf and NaN are not finite
+
+
+@pytest.mark.parametrize(
+    ("dims", "by_blocks"),
+    [((3, 40, 30, 30), True), ((40, 32, 7, 7), False)],  # tiles of one image; of 20 (k2 = 20)
+)
+def test_two_passes_follow_the_scalar_transcription(dims, by_blocks):
+    assert (xla._blocked_two_pass(dims, 1, 2, 2) is not None) == by_blocks
+    x = (1e4 + np.random.default_rng(8).standard_normal(dims)).astype(F)
+    mean, var = xla.moments(x.reshape(dims[0], dims[1], -1), "two_pass", np.dtype(F), shape=dims, threads=2)
+    n = dims[0] * dims[2] * dims[3]
+    want_mean = (ref_ynn_sum(x, dims, 1, 2, 2) * (F(1) / F(n))).astype(F)
+    np.testing.assert_array_equal(mean, want_mean)
+    d = (x - want_mean[None, :, None, None]).astype(F)
+    want_var = (ref_ynn_sum((d * d).astype(F), dims, 1, 2, 2, fused=True) / F(n)).astype(F)
+    np.testing.assert_array_equal(var, want_var)
+
+
 def test_the_thread_count_changes_the_tree():
     """A pool of one runs no split loop of a plain reduce (its dimension sums whole into slot 0)."""
     dims = (40, 3, 2000)  # N split 5: 8 slots summed as a tree (2 threads) or images one by one (1)

@@ -59,6 +59,9 @@ LAYOUTS = {
     "b4f": ((8, 16, 32, 32), 1),
     "b4l": ((8, 32, 32, 16), -1),
     "b2": ((8192, 16), 1),
+    # images of 32768 values and more: XLA's reduces tile them one image each (Keras 3 on JAX then runs
+    # jnp.mean's and jnp.var's passes block by block of channels)
+    "w4f": ((3, 40, 30, 30), 1),
 }
 EPSILONS = (1e-3, 1e-5, 0.0, 1e-8)
 MOMENTA = (0.0, 0.5, 0.9, 0.99)
@@ -171,10 +174,15 @@ def all_cases() -> list[dict]:
                 regime="offset",
             )
         )
-    for i, layout in enumerate(("b4f", "b4l", "b2")):
+    for i, layout in enumerate(("b4f", "b4l", "b2", "w4f")):
         add(
             _case(
-                f"tr_{layout}_offset", "training", layout, eps=1e-3, momentum=MOMENTA[i + 1], regime="offset"
+                f"tr_{layout}_offset",
+                "training",
+                layout,
+                eps=1e-3,
+                momentum=MOMENTA[(i + 1) % 4],
+                regime="offset",
             )
         )
     for layout in ("r4f", "r4l", "r2"):

@@ -58,6 +58,14 @@ GAP_NEGATIVE_VARIANCE = (
     "negative moving_var in update_running and a negative var in backward (BatchNormError)"
 )
 
+GAP_TF_AUTODIFF = (
+    "TensorFlow's dx (Keras 3 on TensorFlow, tf_keras' unfused path) is its autodiff of tf.nn.moments, "
+    "float32 sums of x's size by Eigen's trees; batchnorm's backward for these dialects is the closed "
+    "form in float64 (no dialect field names TensorFlow's gradient graph): at x = 1e4 + randn and "
+    "n = 2700 per channel the two differ by 9.2 ulps of dx's scale (bound 8; 8192 per channel in 16 "
+    "channels, tr_b4f_offset, stays within it)"
+)
+
 #: Frameworks whose training statistics at a large offset (x = 1e4 + randn) depend on their float32
 #: reduction tree (two-pass: GAP_REDUCTION_ORDER), or that batchnorm refuses to follow there
 #: (keras3-torch's negative E[x^2] - E[x]^2: GAP_NEGATIVE_VARIANCE). Their offset
@@ -95,4 +103,6 @@ def known_gap(framework: str, case: dict, quantity: str, dialect: bn.Dialect) ->
 
 #: Measured failures, one line per (frameworks, case ids, quantities): each is deterministic (it does
 #: not depend on batchnorm's kernel backend). ``pytest -rX`` shows an XPASS when a gap closes.
-_LISTED: list[tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], str]] = []
+_LISTED: list[tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], str]] = [
+    ((("keras3-tensorflow", "tf-keras-unfused"), ("tr_w4f_offset",), ("dx",)), GAP_TF_AUTODIFF),
+]

@@ -31,7 +31,8 @@ when numba compiles (one specialization per combination), so the hot loops carry
 
 Both YNNPACK kernels run every group of tiles (tiles summed into one output slot, in order) as its own
 job, the jobs in ``chunks`` parallel chunks (1: the calling thread alone): distinct groups write distinct
-slots, so the jobs are independent.
+slots, so the jobs are independent. :func:`k1_two_pass` runs jnp.mean's and jnp.var's k1 reduces and
+their second reduces (kn's lanes over the slots) channel block by channel block.
 """
 
 from __future__ import annotations
@@ -515,6 +516,33 @@ def _add_if(out, index, value):
         out[index] = out[index] + value
 
 
+_inline = njit(nogil=True, cache=True, error_model="numpy", inline="always")
+
+
+@_inline
+def _row(x, start, k1, term, j, acc, squares):
+    """(sum, second sum) of the k1 values from x[start] (channel j) as :func:`k1_row` forms them: in
+    registers under MEDIUM_ROW values."""
+    if k1 < BLOCK:
+        return _short_row(x, start, k1, term, j, squares)
+    if k1 < MEDIUM_ROW:
+        return _medium_row(x, start, k1, term, j, squares)
+    return k1_row(x[start : start + k1], j, _term_run(term, start, k1), acc, squares)
+
+
+@_inline
+def _group_rows(x, group_start, tiles, g, j, term, acc, squares, out, out_squares, index):
+    """out[index] += each row sum of group g's tiles for channel j, in order (and out_squares likewise);
+    ``tiles`` is (tile_offset, tile_k1, tile_k2, stride_k2, stride_n) as in :func:`k1_groups`."""
+    tile_offset, tile_k1, tile_k2, stride_k2, stride_n = tiles
+    for t in range(group_start[g], group_start[g + 1]):
+        for r in range(tile_k2[t]):
+            start = tile_offset[t] + r * stride_k2 + j * stride_n
+            total, total_squares = _row(x, start, tile_k1[t], term, j, acc, squares)
+            out[index] = out[index] + total
+            _add_if(out_squares, index, total_squares)
+
+
 @_parallel
 def k1_groups(
     x,
@@ -539,6 +567,7 @@ def k1_groups(
     Tile t covers rows ``tile_offset[t] + r * stride_k2 + j * stride_n`` (r < tile_k2[t]) of tile_k1[t]
     contiguous values each."""
     jobs = (group_start.shape[0] - 1) * n
+    tiles = (tile_offset, tile_k1, tile_k2, stride_k2, stride_n)
     for chunk in prange(chunks):
         acc = np.zeros((4, LANES), dtype=np.float32)
         squares = _scratch_if(out_squares, LANES)
@@ -546,19 +575,43 @@ def k1_groups(
             g = job // n
             j = job % n
             index = slot[g] + j * stride_out
-            for t in range(group_start[g], group_start[g + 1]):
-                k1 = tile_k1[t]
-                for r in range(tile_k2[t]):
-                    start = tile_offset[t] + r * stride_k2 + j * stride_n
-                    if k1 < BLOCK:
-                        total, total_squares = _short_row(x, start, k1, term, j, squares)
-                    elif k1 < MEDIUM_ROW:
-                        total, total_squares = _medium_row(x, start, k1, term, j, squares)
-                    else:
-                        row_term = _term_run(term, start, k1)
-                        total, total_squares = k1_row(x[start : start + k1], j, row_term, acc, squares)
-                    out[index] = out[index] + total
-                    _add_if(out_squares, index, total_squares)
+            _group_rows(x, group_start, tiles, g, j, term, acc, squares, out, out_squares, index)
+
+
+@_parallel
+def k1_two_pass(x, offsets, k1s, stride_n, channels, block, reciprocal, means, sums, deviations, chunks):
+    """jnp.mean's and jnp.var's reduces where each is the :func:`k1_groups` launch of one row per slot (row
+    g of channel j: k1s[g] values from offsets[g] + j * stride_n, into slot g * channels + j) and a second
+    reduce that sums channel j's slots as kn's lane j over the rows g: per block of ``block`` channels,
+    both passes back to back (the second reads the block's rows from cache), with the same operations as
+    the two passes one after the other. Writes sums (S(x)), means = fl32(sums * reciprocal) and
+    deviations (S((x - mean)^2)); the blocks in ``chunks`` parallel chunks."""
+    rows = offsets.shape[0]
+    blocks = (channels + block - 1) // block
+    for chunk in prange(chunks):
+        acc = np.zeros((4, LANES), dtype=np.float32)
+        slots = np.empty((rows, block), dtype=np.float32)
+        local = np.empty((2, block), dtype=np.float32)
+        for b in range(blocks * chunk // chunks, blocks * (chunk + 1) // chunks):
+            first = b * block
+            width = min(block, channels - first)
+            lanes = np.zeros((4, width), dtype=np.float32)
+            _block_slots(x, offsets, k1s, stride_n, first, width, (None, None, None, None), acc, slots)
+            _kn_tile(slots, 0, width, (None, None, None, None), lanes, None, local, sums, None, first)
+            for j in range(first, first + width):
+                means[j] = sums[j] * reciprocal
+            _block_slots(x, offsets, k1s, stride_n, first, width, (means, None, None, None), acc, slots)
+            _kn_tile(slots, 0, width, (None, None, None, None), lanes, None, local, deviations, None, first)
+
+
+@_inline
+def _block_slots(x, offsets, k1s, stride_n, first, width, term, acc, slots):
+    """slots[g, j - first] = 0 + the sum of row g of channel j, for first <= j < first + width."""
+    for g in range(offsets.shape[0]):
+        k1 = k1s[g]
+        for j in range(first, first + width):
+            total, _ = _row(x, offsets[g] + j * stride_n, k1, term, j, acc, None)
+            slots[g, j - first] = np.float32(0.0) + total
 
 
 # -- sum_float_kn ----------------------------------------------------------------------------------------
