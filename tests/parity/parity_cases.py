@@ -161,30 +161,17 @@ def all_cases() -> list[dict]:
             add(_case(f"inf_{layout}_{name}", "inference", layout, eps=1e-3, dtype=dtype))
         add(_case(f"tr_r4f_{name}", "training", "r4f", eps=1e-3, momentum=0.9, dtype=dtype))
         add(_case(f"tr_r2_{name}", "training", "r2", eps=1e-5, momentum=0.5, dtype=dtype))
+
     # -- float32 training: every layout, the momenta rotating
+    def offset_training(i: int, layout: str) -> dict:  # x = 1e4 + randn, the momenta rotating
+        momentum = MOMENTA[(i + 1) % 4]
+        return _case(f"tr_{layout}_offset", "training", layout, eps=1e-3, momentum=momentum, regime="offset")
+
     for i, layout in enumerate(big):
         add(_case(f"tr_{layout}", "training", layout, eps=EPSILONS[i % 4] or 1e-5, momentum=MOMENTA[i % 4]))
-        add(
-            _case(
-                f"tr_{layout}_offset",
-                "training",
-                layout,
-                eps=1e-3,
-                momentum=MOMENTA[(i + 1) % 4],
-                regime="offset",
-            )
-        )
+        add(offset_training(i, layout))
     for i, layout in enumerate(("b4f", "b4l", "b2", "w4f")):
-        add(
-            _case(
-                f"tr_{layout}_offset",
-                "training",
-                layout,
-                eps=1e-3,
-                momentum=MOMENTA[(i + 1) % 4],
-                regime="offset",
-            )
-        )
+        add(offset_training(i, layout))
     for layout in ("r4f", "r4l", "r2"):
         for eps in (1e-3, 1e-8):
             add(
