@@ -3,6 +3,7 @@ float64 rounding, accuracy at large offsets, and the choice of kernels."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -121,6 +122,31 @@ def test_apply_affine_with_nan_and_inf_coefficients_agrees_on_every_value(form):
     want, got = both_apply(x3, co, F32)
     same = (want.view(np.uint32) == got.view(np.uint32)) | (np.isnan(want) & np.isnan(got))
     assert same.all()
+
+
+@pytest.mark.parametrize("channels", [512, 1024])
+@pytest.mark.parametrize("form", FORMS)
+def test_channels_last_coefficients_that_are_float32_values_narrowed_give_the_same_bits(
+    monkeypatch, channels, form
+):
+    """Rows of 512 to 2048 columns take a float64 shift and offset whose values are float32 values
+    (NaN, inf and -0 included) as float32 arrays, which the kernel widens back exactly: the reference's
+    bits; arrays with other values stay float64."""
+    rng = np.random.default_rng(channels)
+    x3 = data(rng, (9, channels, 1), F32, 100.0, True)
+    co = coefficients(rng, channels, form, F64)
+    as_float32 = dataclasses.replace(
+        co, shift=co.shift.astype(F32).astype(F64), offset=co.offset.astype(F32).astype(F64)
+    )
+    as_float32.shift[[3, 7]] = [np.nan, -0.0]
+    as_float32.offset[5] = np.inf
+    narrowed = []
+    narrow = compiled._narrowed
+    monkeypatch.setattr(compiled, "_narrowed", lambda a: narrowed.append(narrow(a).dtype) or narrow(a))
+    for given_co in (as_float32, co):
+        want, got = both_apply(x3, given_co, F32)
+        np.testing.assert_array_equal(bits(got), bits(want))
+    assert narrowed == [F32, F32, F64, F64]
 
 
 @pytest.mark.parametrize("inner", [1, 5, 40])
