@@ -75,8 +75,9 @@ MIN_COLUMNS = 256
 ELEMENT_MIN_COLUMNS = 64
 #: channels-last elementwise rows of this many columns (inclusive) take their shift and offset as float32
 #: where those are float32 values (a channel's mean and beta in inference): 16 bytes of coefficients per
-#: column instead of 24, which keeps them in L1 beside the streams (4096x1024 float32: 1.31-1.36x;
-#: 512 columns 1.05-1.28x; 256 columns 1.04-1.14x, 128 columns 0.91x, 4096 columns 1.0x).
+#: column instead of 24, which keeps them in L1 beside the streams (x in cache, 4096x1024 float32:
+#: 1.31-1.36x; 512 columns 1.05-1.28x; 256 columns 1.04-1.14x, 128 columns 0.91x, 4096 columns 1.0x;
+#: rows coming from memory 0.98-1.05x).
 NARROW_COLUMNS = (512, 2048)
 #: values per work item of a channels-last elementwise kernel (whole rows).
 ROW_BLOCK = 1 << 14
