@@ -51,6 +51,8 @@ MEDIUM_ROW = 16 * BLOCK
 
 _serial = njit(nogil=True, cache=True, error_model="numpy")
 _parallel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+#: helpers called once per row, inlined where they are called (a call costs as much as a short row)
+_inline = njit(nogil=True, cache=True, error_model="numpy", inline="always")
 
 
 def threads() -> int:
@@ -451,7 +453,7 @@ def _flush_both(clock, acc, squares):
 # -- sum_float_k1 ----------------------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+@_inline
 def _halve(acc, row):
     """The halving horizontal sum of acc[row]: lanes 0-7 + 8-15, then 0-3 + 4-7, ..."""
     half = LANES
@@ -514,9 +516,6 @@ def k1_row(v, j, term, acc, squares):
 def _add_if(out, index, value):
     if out is not None:
         out[index] = out[index] + value
-
-
-_inline = njit(nogil=True, cache=True, error_model="numpy", inline="always")
 
 
 @_inline
