@@ -196,7 +196,8 @@ def test_rows_take_the_documented_tree_through_k1_groups(k, mean):
     term = (None if mean is None else np.array([mean], F), None, None, None)
     out, squares = np.full(1, F(0.5)), np.full(1, F(0.25))
     one = np.array([0, 1], np.int64), np.array([0], np.int64), np.array([k], np.int64)
-    kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), term, out, squares, 1)
+    none = (None, None, None)  # no second reduce beside this one
+    kern.k1_groups(v, *one, np.array([1], np.int64), 0, 0, 1, 1, np.array([0]), term, out, squares, *none, 1)
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(out, [F(0.5) + ref_k1(list(terms))])
         np.testing.assert_array_equal(squares, [F(0.25) + ref_k1(list(terms * terms))])
@@ -214,7 +215,7 @@ def test_kn_rows_are_the_documented_tree(k):
     chunk = 16  # blocks of channels: one job each
     kern.kn_groups(
         rows.reshape(-1), *(np.array(a, np.int64) for a in ([0, 1], [0], [k])), n, chunk, np.array([0]),
-        (None, None, None, None), out, squares, 2,
+        (None, None, None, None), out, squares, None, None, None, 2,
     )  # fmt: skip
     assert [out[j] for j in range(n)] == [ref_kn(list(rows[:, j]), F(0.5)) for j in range(n)]
     assert [squares[j] for j in range(n)] == [
@@ -301,7 +302,8 @@ def test_product_and_scaled_terms_equal_the_sums_of_the_written_terms(
 ):
     """S(fl(fl(x - m) * w)) and S(fl(x * s)) formed on the way are the sums of those terms written out
     first (as jax's eager backward writes them): the same tiles (no fused producer) and the same bits,
-    infinities, NaN and signed zeros included; S(x) and S(fl(x * s)) in one pass too."""
+    infinities, NaN and signed zeros included; S(x) and S(fl(x * s)) in one pass too, and S(w),
+    S(fl(w * s)) and the product in one pass over w and x."""
     rng = np.random.default_rng(sum(dims) + 2)
     x = (1e4 + rng.standard_normal(dims)).astype(F)
     w = rng.standard_normal(dims).astype(F)
@@ -331,6 +333,14 @@ def test_product_and_scaled_terms_equal_the_sums_of_the_written_terms(
             got = xla._sums(x3, dims, start, stop, None, threads, squares=True, scales=factors)
             np.testing.assert_array_equal(got[0], xla._sums(x3, dims, start, stop, None, threads)[0])
             np.testing.assert_array_equal(got[1], want)
+            w3 = w.reshape(x3.shape)  # Flax's backward: S(dy), S(fl(dy * s)) and the product, one pass
+            apart = [
+                *xla._sums(w3, dims, start, stop, None, threads, squares=True, scales=factors),
+                *xla._sums(x3, dims, start, stop, means, threads, other=w),
+            ]
+            together = xla.sums_with_product(w3, x3, dims, start, stop, threads, factors, means)
+            for a, b in zip(together, apart, strict=True):
+                np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
 
 
 @pytest.mark.parametrize(

@@ -48,9 +48,10 @@ Speed: jax writes the product and u out before summing them; here XLA's tree for
 way (:func:`batchnorm._reductions.xla._sums` with ``other``, and ``scales`` for S(u) beside S(dy): the
 tiles of a reduce of a written-out array, the same bits), and dx is one fused float32 pass
 (:mod:`batchnorm._gradient_kernels`), each operation rounded as above. Passes over x's size for a
-float32 input: S(dy) with S(u), S(product) (x and dy), dx (x and dy): five reads and one write, where
-the closed form takes four and one. Half inputs also write u into a float32 scratch of x's size, which
-dx = h(u) + h(...) adds.
+float32 input: S(dy), S(u) and S(product) in one (:func:`batchnorm._reductions.xla.sums_with_product`;
+the three reduces have the same tiles: each job sums its rows of dy, then of x and dy, dy's again from
+cache), then dx (x and dy): four reads and one write, as the closed form. Half inputs also write u into
+a float32 scratch of x's size, which dx = h(u) + h(...) adds.
 """
 
 from __future__ import annotations
@@ -121,11 +122,11 @@ def autodiff(
         shifted = v + f(eps)
         inv = reciprocal_root(dialect, shifted)
         s = np.ascontiguousarray(inv if gamma is None else inv * gamma.astype(f), f)
-        if training:  # S(dy) and S(u) in one pass over dy
-            dbeta, u_sum = _sum_and_scaled_sum(dialect, dyf.reshape(x3.shape), shape, s)
+        if training:  # S(dy), S(u) and S(fl(fl(x - mean) * dy)): one pass over dy and x
+            dbeta, u_sum, t = _three_sums(dialect, dyf, xf, x3.shape, shape, s, m)
         else:
             dbeta = total(dyf)
-        t = total(xf, means=m, other=dyf)  # S(fl(fl(x - mean) * dy))
+            t = total(xf, means=m, other=dyf)  # S(fl(fl(x - mean) * dy))
         dgamma = inv * t
         if not training:
             u3 = written_u(s)
@@ -177,15 +178,30 @@ def _channel_sum(
     return terms.sum(axis=(0, 2), dtype=np.float64).astype(_F32)
 
 
-def _sum_and_scaled_sum(
-    dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...], scales: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(S(a3), S(fl(a3 * scales))) per channel as :func:`_channel_sum` gives them, one pass over a3 where
-    the reduction is XLA's (the two reduces have the same shape, so the same tiles)."""
-    if not _by_xla(dialect, a3):
-        return _channel_sum(dialect, a3, shape), _channel_sum(dialect, a3, shape, factors=scales)
-    sums, scaled = _xla_sums(dialect, a3, shape, None, squares=True, scales=scales)
-    return sums, scaled
+def _three_sums(
+    dialect: Dialect,
+    dy: np.ndarray,
+    x: np.ndarray,
+    shape3: tuple[int, int, int],
+    shape: tuple[int, ...],
+    scales: np.ndarray,
+    means: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S(dy), S(fl(dy * scales)), S(fl(fl(x - means) * dy))) per channel of the flat float32 ``dy`` and
+    ``x`` (canonical shape ``shape3``) as :func:`_channel_sum` gives them: by XLA's tree one pass over dy
+    and x (the three reduces have the same shape, so the same tiles)."""
+    dy3, x3 = dy.reshape(shape3), x.reshape(shape3)
+    if not _by_xla(dialect, dy3):
+        return (
+            _channel_sum(dialect, dy3, shape),
+            _channel_sum(dialect, dy3, shape, factors=scales),
+            _channel_sum(dialect, x3, shape, means=means, other=dy),
+        )
+    from ._reductions import xla
+
+    start, stop, threads = _xla_layout(dialect, dy3, shape)
+    sums, scaled, products = xla.sums_with_product(dy3, x3, shape, start, stop, threads, scales, means)
+    return sums, scaled, products
 
 
 def _by_xla(dialect: Dialect, a3: np.ndarray) -> bool:
@@ -201,9 +217,17 @@ def _xla_sums(
     that ``shape`` (the input's, in memory order) gives."""
     from ._reductions import xla
 
+    start, stop, threads = _xla_layout(dialect, a3, shape)
+    return xla._sums(a3, shape, start, stop, means, threads, **kinds)
+
+
+def _xla_layout(dialect: Dialect, a3: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The channel axes [start, stop) of ``shape`` (the input's, in memory order) and the pool size."""
+    from ._reductions import xla
+
     start, stop = xla._channel_block(shape, a3.shape[0], a3.shape[1])
     threads = _reductions.process_cpus() if dialect.reduction_threads is None else dialect.reduction_threads
-    return xla._sums(a3, shape, start, stop, means, threads, **kinds)
+    return start, stop, threads
 
 
 def _clamp_slope(dialect: Dialect, x3: np.ndarray, var: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -557,11 +557,16 @@ def k1_groups(
     term,
     out,
     out_squares,
+    other,
+    other_term,
+    other_out,
     chunks,
 ):
     """Per group g and channel j: out[slot[g] + j * stride_out] += each row sum of the group's tiles, in
     order (and out_squares likewise with the sums of squares); the groups * n jobs in ``chunks`` parallel
-    chunks.
+    chunks. Where ``other`` is an array (x's shape), each job then sums the same rows of it, with
+    ``other_term``, into other_out: a second reduce of the same tiles, whose values that both terms read
+    come from cache.
 
     Tile t covers rows ``tile_offset[t] + r * stride_k2 + j * stride_n`` (r < tile_k2[t]) of tile_k1[t]
     contiguous values each."""
@@ -575,6 +580,8 @@ def k1_groups(
             j = job % n
             index = slot[g] + j * stride_out
             _group_rows(x, group_start, tiles, g, j, term, acc, squares, out, out_squares, index)
+            if other is not None:
+                _group_rows(other, group_start, tiles, g, j, other_term, acc, None, other_out, None, index)
 
 
 @_parallel
@@ -698,20 +705,41 @@ def _kn_tile(tile, first, width, term, acc, squares, local, out, out_squares, at
 
 
 @_parallel
-def kn_groups(x, group_start, tile_offset, tile_k, n, block, slot, term, out, out_squares, chunks):
+def kn_groups(
+    x,
+    group_start,
+    tile_offset,
+    tile_k,
+    n,
+    block,
+    slot,
+    term,
+    out,
+    out_squares,
+    other,
+    other_term,
+    other_out,
+    chunks,
+):
     """Per group g and block of channels: out[slot[g] + j] += the tree of each tile's rows, tile after
     tile (and out_squares likewise); the groups * blocks jobs in ``chunks`` parallel chunks. Tile t is
-    tile_k[t] rows of n contiguous channels from tile_offset[t], one after another."""
+    tile_k[t] rows of n contiguous channels from tile_offset[t], one after another. ``other``,
+    ``other_term``, ``other_out``: a second reduce of the same tiles, job by job, as in :func:`k1_groups`."""
     blocks = (n + block - 1) // block
     jobs = (group_start.shape[0] - 1) * blocks
+    tiles = (group_start, tile_offset, tile_k, n, block, blocks)
     for chunk in prange(chunks):
         for job in range(jobs * chunk // chunks, jobs * (chunk + 1) // chunks):
-            _kn_job(x, group_start, tile_offset, tile_k, n, block, blocks, job, slot, term, out, out_squares)
+            _kn_job(x, tiles, job, slot, term, out, out_squares)
+            if other is not None:
+                _kn_job(other, tiles, job, slot, other_term, other_out, None)
 
 
 @_serial
-def _kn_job(x, group_start, tile_offset, tile_k, n, block, blocks, job, slot, term, out, out_squares):
-    """One job of :func:`kn_groups`: the channels of one block over the tiles of one group."""
+def _kn_job(x, tiles, job, slot, term, out, out_squares):
+    """One job of :func:`kn_groups`: the channels of one block over the tiles of one group; ``tiles`` is
+    (group_start, tile_offset, tile_k, n, block, blocks) as there."""
+    group_start, tile_offset, tile_k, n, block, blocks = tiles
     g = job // blocks
     first = (job % blocks) * block
     width = min(block, n - first)

@@ -55,7 +55,7 @@ import numpy as np
 
 from . import process_cpus
 
-__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "moments", "written_terms"]
+__all__ = ["TILE_VALUES", "WINDOW", "YNN_MIN_ELEMENTS", "moments", "sums_with_product", "written_terms"]
 
 #: Reduces of this many input values or more go to YNNPACK (XLA's ``kMinElements``).
 YNN_MIN_ELEMENTS = 4096
@@ -148,8 +148,9 @@ def _sums(
     ):
         raise ValueError("terms: means with or without other, or factors alone")
     if x.size >= YNN_MIN_ELEMENTS:
-        kinds = dict(other=other, factors=factors, scales=scales)
-        return _ynn_sums(x, dims, start, stop, means, threads, squares, **kinds)
+        return _ynn_sums(
+            x, dims, start, stop, means, threads, squares, other=other, factors=factors, scales=scales
+        )
     if other is not None or factors is not None:
         terms = written_terms(x, means, other, factors)
         return [_xla_loop_sum(terms.reshape(dims), start, stop, square_fma=False)]
@@ -159,6 +160,29 @@ def _sums(
         second = x * x if scales is None else written_terms(x, None, None, scales)
         result.append(_xla_loop_sum(second.reshape(dims), start, stop, square_fma=False))
     return result
+
+
+def sums_with_product(
+    dy: np.ndarray,
+    x: np.ndarray,
+    dims: tuple[int, ...],
+    start: int,
+    stop: int,
+    threads: int,
+    scales: np.ndarray,
+    means: np.ndarray,
+) -> list[np.ndarray]:
+    """[S(dy), S(fl32(dy * scales)), S(fl32(fl32(x - means) * dy))] of the contiguous (outer, C, inner)
+    ``dy`` and ``x``, each as :func:`_sums` gives it (Flax's backward). The reduces have the same tiles
+    (none has a fused producer), so from YNN_MIN_ELEMENTS values on one pass takes each job's rows of dy
+    and then of x, dy's again from cache: a read of dy fewer than the reduces one after another."""
+    if dy.size < YNN_MIN_ELEMENTS:
+        return [
+            *_sums(dy, dims, start, stop, None, threads, True, scales=scales),
+            *_sums(x, dims, start, stop, means, threads, other=dy),
+        ]
+    product = (x, means, dy)
+    return _ynn_sums(dy, dims, start, stop, None, threads, True, scales=scales, product=product)
 
 
 def written_terms(
@@ -252,28 +276,32 @@ def _ynn_sums(
     other: np.ndarray | None = None,
     factors: np.ndarray | None = None,
     scales: np.ndarray | None = None,
+    product: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """[S(terms)] or, with ``squares``, [S(x), S(fl32(x * x)) or S(fl32(x * scales))]: each reduce runs
     the same tiles. The terms (see :func:`_sums`) are the kernels' ``term`` tuple (:mod:`._xla_kernels`);
-    only jnp.var's (x - mean)^2 is a fused producer, which changes the tiles."""
+    only jnp.var's (x - mean)^2 is a fused producer, which changes the tiles. ``product`` = (values,
+    means, other), for a reduce without a fused producer: S(fl32(fl32(values - means) * other)) appended,
+    summed in the same launches (the same tiles)."""
     flat = x.reshape(-1)
     C = math.prod(dims[start:stop])
-    term = (
-        _float32(means),
-        None if other is None else _float32(other.reshape(-1)),
-        _float32(factors),
-        _float32(scales),
-    )
-    tiling = _tiling(dims, start, stop, threads, fused=means is not None and other is None)
+    term = _term(means, other, factors, scales)
+    fused = means is not None and other is None
+    if product is not None and fused:
+        raise ValueError("a product beside a fused reduce: their tiles differ")
+    tiling = _tiling(dims, start, stop, threads, fused=fused)
     count = 2 if squares else 1
+    size = C if tiling.slots is None else math.prod(tiling.slots)
+    sums = [np.zeros(size, np.float32) for _ in range(count + (product is not None))]
+    beside = None
+    if product is not None:
+        values, product_means, product_other = product
+        beside = (values.reshape(-1), _term(product_means, product_other, None, None), sums[count])
+    _run_all(flat, tiling.first_pass(), sums[:count], term, beside)
     if tiling.slots is None:
-        outs = [np.zeros(C, np.float32) for _ in range(count)]
-        _run_all(flat, tiling.first_pass(), outs, term)
-        return outs
-    partials = [np.zeros(math.prod(tiling.slots), np.float32) for _ in range(count)]
-    _run_all(flat, tiling.first_pass(), partials, term)
+        return sums
     outs = []
-    for partial in partials:
+    for partial in sums:  # the intermediates' slots, each summed into its output
         out = np.zeros(C, np.float32)
         _run_all(partial, tiling.second_pass(), [out], _VALUES)
         outs.append(out)
@@ -377,6 +405,18 @@ def _two_pass_by_blocks(
     return means, deviations
 
 
+def _term(
+    means: np.ndarray | None, other: np.ndarray | None, factors: np.ndarray | None, scales: np.ndarray | None
+) -> tuple[np.ndarray | None, ...]:
+    """The kernels' ``term`` tuple (see :mod:`._xla_kernels`): contiguous float32 arrays or None."""
+    return (
+        _float32(means),
+        None if other is None else _float32(other.reshape(-1)),
+        _float32(factors),
+        _float32(scales),
+    )
+
+
 #: the kernels' term of plain values (no means, other array, factors or scales).
 _VALUES = (None, None, None, None)
 
@@ -396,16 +436,22 @@ def _row_major(extents: list[int], reduced: list[bool], keep: list[int] | None) 
     return strides
 
 
+#: a second reduce of the same tiles run in the same launches: (flat values, term, output).
+_Beside = tuple[np.ndarray, tuple[np.ndarray | None, ...], np.ndarray] | None
+
+
 def _run_all(
     flat: np.ndarray,
     launches: tuple[_Launch, ...],
     outs: list[np.ndarray],
     term: tuple[np.ndarray | None, ...],
+    beside: _Beside = None,
 ) -> None:
     """One YNNPACK reduce of ``flat`` into ``outs`` (the sums, and the sums of squares where there are
-    two): its launches in turn (the tiles' order is free: no two write the same slot)."""
+    two), and ``beside``'s where given: the launches in turn (the tiles' order is free: no two write
+    the same slot)."""
     for launch in launches:
-        _run(flat, launch, outs, term)
+        _run(flat, launch, outs, term, beside)
 
 
 class _Launch(NamedTuple):
@@ -518,7 +564,11 @@ def _kernel_calls(
 
 
 def _run(
-    flat: np.ndarray, launch: _Launch, outs: list[np.ndarray], term: tuple[np.ndarray | None, ...]
+    flat: np.ndarray,
+    launch: _Launch,
+    outs: list[np.ndarray],
+    term: tuple[np.ndarray | None, ...],
+    beside: _Beside = None,
 ) -> None:
     """One kernel launch over the calls: the calls into one slot form a group, run in their order."""
     from .._kernels.compiled import _launch
@@ -528,12 +578,13 @@ def _run(
     group_start, group_slot = launch.group_start, launch.group_slot
     groups = group_slot.size
     out, out_squares = outs[0], outs[1] if len(outs) > 1 else None
+    other = (None, None, None) if beside is None else beside
     threads = k.threads()
     values = launch.values
     if kind == "k1":
         chunks = _chunks(groups * n, values, threads)
         rows = (launch.offsets, launch.k1s, launch.k2s, stride_k2, stride_n, n, stride_out)
-        _launch(k.k1_groups, flat, group_start, *rows, group_slot, term, out, out_squares, chunks)
+        _launch(k.k1_groups, flat, group_start, *rows, group_slot, term, out, out_squares, *other, chunks)
         return
     # kn: the channels are the innermost dimensions of the tile, so its rows are n values apart
     if stride_k2 != n or (n > 1 and stride_out != 1):
@@ -546,7 +597,7 @@ def _run(
     )
     chunks = _chunks(groups * -(-n // block), values, threads)
     tiles = (launch.offsets, launch.k2s, n, block)
-    _launch(k.kn_groups, flat, group_start, *tiles, group_slot, term, out, out_squares, chunks)
+    _launch(k.kn_groups, flat, group_start, *tiles, group_slot, term, out, out_squares, *other, chunks)
 
 
 def _chunks(jobs: int, values: int, threads: int) -> int:
