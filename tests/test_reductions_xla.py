@@ -213,10 +213,9 @@ def test_kn_rows_are_the_documented_tree(k):
     out = np.full(n, 0.5, F)
     squares = np.full(n, 0.25, F)
     chunk = 16  # blocks of channels: one job each
-    kern.kn_groups(
-        rows.reshape(-1), *(np.array(a, np.int64) for a in ([0, 1], [0], [k])), n, chunk, np.array([0]),
-        (None, None, None, None), out, squares, None, None, None, 2,
-    )  # fmt: skip
+    groups = (*(np.array(a, np.int64) for a in ([0, 1], [0], [k])), n, chunk)
+    values = (None, None, None, None)
+    kern.kn_groups(rows.reshape(-1), groups, np.array([0]), values, out, squares, None, None, None, 2)
     assert [out[j] for j in range(n)] == [ref_kn(list(rows[:, j]), F(0.5)) for j in range(n)]
     assert [squares[j] for j in range(n)] == [
         ref_kn(list(rows[:, j] * rows[:, j]), F(0.25)) for j in range(n)

@@ -705,26 +705,14 @@ def _kn_tile(tile, first, width, term, acc, squares, local, out, out_squares, at
 
 
 @_parallel
-def kn_groups(
-    x,
-    group_start,
-    tile_offset,
-    tile_k,
-    n,
-    block,
-    slot,
-    term,
-    out,
-    out_squares,
-    other,
-    other_term,
-    other_out,
-    chunks,
-):
+def kn_groups(x, groups_tiles, slot, term, out, out_squares, other, other_term, other_out, chunks):
     """Per group g and block of channels: out[slot[g] + j] += the tree of each tile's rows, tile after
-    tile (and out_squares likewise); the groups * blocks jobs in ``chunks`` parallel chunks. Tile t is
-    tile_k[t] rows of n contiguous channels from tile_offset[t], one after another. ``other``,
-    ``other_term``, ``other_out``: a second reduce of the same tiles, job by job, as in :func:`k1_groups`."""
+    tile (and out_squares likewise); the groups * blocks jobs in ``chunks`` parallel chunks.
+    ``groups_tiles`` is (group_start, tile_offset, tile_k, n, block): tile t is tile_k[t] rows of n
+    contiguous channels from tile_offset[t], one after another, and the channels go in blocks of
+    ``block``. ``other``, ``other_term``, ``other_out``: a second reduce of the same tiles, job by job, as
+    in :func:`k1_groups`."""
+    group_start, tile_offset, tile_k, n, block = groups_tiles
     blocks = (n + block - 1) // block
     jobs = (group_start.shape[0] - 1) * blocks
     tiles = (group_start, tile_offset, tile_k, n, block, blocks)

@@ -596,8 +596,8 @@ def _run(
         else max(k.LANES, _round_up(-(-n // per_group), k.LANES))
     )
     chunks = _chunks(groups * -(-n // block), values, threads)
-    tiles = (launch.offsets, launch.k2s, n, block)
-    _launch(k.kn_groups, flat, group_start, *tiles, group_slot, term, out, out_squares, *other, chunks)
+    tiles = (group_start, launch.offsets, launch.k2s, n, block)
+    _launch(k.kn_groups, flat, tiles, group_slot, term, out, out_squares, *other, chunks)
 
 
 def _chunks(jobs: int, values: int, threads: int) -> int:
