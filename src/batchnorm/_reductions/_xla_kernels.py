@@ -712,22 +712,21 @@ def kn_groups(x, groups_tiles, slot, term, out, out_squares, other, other_term, 
     contiguous channels from tile_offset[t], one after another, and the channels go in blocks of
     ``block``. ``other``, ``other_term``, ``other_out``: a second reduce of the same tiles, job by job, as
     in :func:`k1_groups`."""
-    group_start, tile_offset, tile_k, n, block = groups_tiles
-    blocks = (n + block - 1) // block
-    jobs = (group_start.shape[0] - 1) * blocks
-    tiles = (group_start, tile_offset, tile_k, n, block, blocks)
+    group_start, _, _, n, block = groups_tiles
+    jobs = (group_start.shape[0] - 1) * ((n + block - 1) // block)
     for chunk in prange(chunks):
         for job in range(jobs * chunk // chunks, jobs * (chunk + 1) // chunks):
-            _kn_job(x, tiles, job, slot, term, out, out_squares)
+            _kn_job(x, groups_tiles, job, slot, term, out, out_squares)
             if other is not None:
-                _kn_job(other, tiles, job, slot, other_term, other_out, None)
+                _kn_job(other, groups_tiles, job, slot, other_term, other_out, None)
 
 
 @_serial
-def _kn_job(x, tiles, job, slot, term, out, out_squares):
-    """One job of :func:`kn_groups`: the channels of one block over the tiles of one group; ``tiles`` is
-    (group_start, tile_offset, tile_k, n, block, blocks) as there."""
-    group_start, tile_offset, tile_k, n, block, blocks = tiles
+def _kn_job(x, groups_tiles, job, slot, term, out, out_squares):
+    """One job of :func:`kn_groups` (``groups_tiles`` as there): the channels of one block over the tiles
+    of one group."""
+    group_start, tile_offset, tile_k, n, block = groups_tiles
+    blocks = (n + block - 1) // block
     g = job // blocks
     first = (job % blocks) * block
     width = min(block, n - first)

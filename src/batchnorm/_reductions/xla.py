@@ -394,7 +394,8 @@ def _two_pass_by_blocks(
     from . import _xla_kernels as k
 
     stride_n = launch.key[2]
-    chunks = 1 if launch.values < SERIAL_VALUES else max(1, min(C, k.threads()))
+    threads = k.threads()
+    chunks = min(threads, _chunks(C, launch.values, threads))  # a chunk per thread at most
     blocks = _round_up(-(-4 * launch.values * chunks // CACHE_BYTES), chunks)  # as many in each chunk
     block = -(-C // min(C, blocks))
     sums = np.zeros(C, np.float32)
