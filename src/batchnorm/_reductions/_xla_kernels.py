@@ -624,18 +624,21 @@ def _block_slots(x, offsets, k1s, stride_n, first, width, term, acc, slots):
 
 
 @_serial
-def _kn_group(tile, i, first, width, term, acc, squares, local):
+def _kn_group(tile, i, count, first, width, term, acc, squares, local):
     """acc[0] += (((0 + r0) + r1) + r2) + r3 lane by lane, r_q the terms of channels first .. first + width
     of row i + q of the 2-D ``tile`` (``term``: the block's, other flat like the tile), and squares[0]
-    likewise with the squared terms. The four rows are read one after another, each into the lanes'
-    running local sums (``local``: (2, width) scratch): memory order, which the prefetchers follow (all
-    rows' lanes in blocks of 16 read the four rows interleaved, 2.8x slower from memory)."""
+    likewise with the squared terms. The group has ``count`` rows: 4, or fewer at a tile's end, where
+    YNNPACK adds +0 for each missing row, which changes nothing here (a sum begun at +0 is never -0, and
+    s + 0 == s for every other float32, NaN's payload kept). The rows are read one after another, each
+    into the lanes' running local sums (``local``: (2, width) scratch): memory order, which the
+    prefetchers follow (all rows' lanes in blocks of 16 read the four rows interleaved, 2.8x slower from
+    memory)."""
     n = tile.shape[1]
     sums, sums_squares = local[0], local[1]
     sums[:width] = np.float32(0.0)
     if squares is not None:
         sums_squares[:width] = np.float32(0.0)
-    for q in range(4):
+    for q in range(count):
         row = tile[i + q, first : first + width]
         row_term = _term_run(term, (i + q) * n + first, width)  # other's values beside the row's
         for lane in range(width):
@@ -648,28 +651,6 @@ def _kn_group(tile, i, first, width, term, acc, squares, local):
         acc[0, lane] = acc[0, lane] + sums[lane]
         if squares is not None:
             squares[0, lane] = squares[0, lane] + sums_squares[lane]
-
-
-@_serial
-def _kn_short_group(tile, i, first, width, term, acc, squares):
-    """A last group of the fewer than four rows from row i of the 2-D ``tile``, padded with zeros."""
-    n = tile.shape[1]
-    count = tile.shape[0] - i
-    for lane in range(width):
-        m, s = _center(term, lane), _factor(term, lane)
-        local = np.float32(0.0)
-        local_squares = np.float32(0.0)
-        for q in range(4):  # padding rows add the term +0 to both sums
-            t = t2 = np.float32(0.0)
-            if q < count:
-                w = _other_at(term, (i + q) * n + first + lane)
-                t = _term(tile[i + q, first + lane], w, m, s, term)
-                t2 = _second(t, term, lane)
-            local = local + t
-            local_squares = local_squares + t2
-        acc[0, lane] = acc[0, lane] + local
-        if squares is not None:
-            squares[0, lane] = squares[0, lane] + local_squares
 
 
 @_serial
@@ -686,19 +667,19 @@ def _kn_tile(tile, first, width, term, acc, squares, local, out, out_squares, at
     _zero(squares)
     k = tile.shape[0]
     if k <= 4:
-        _kn_short_group(tile, 0, first, width, term, acc, squares)
+        _kn_group(tile, 0, k, first, width, term, acc, squares, local)
         _add_row_if(out, at, acc, 0)
         _add_row_if(out_squares, at, squares, 0)
         return
     i = 0
     clock = 0
     while k - i >= 4:
-        _kn_group(tile, i, first, width, term, acc, squares, local)
+        _kn_group(tile, i, 4, first, width, term, acc, squares, local)
         i += 4
         clock += 4
         _flush_both(clock, acc, squares)
     if k - i > 0:
-        _kn_short_group(tile, i, first, width, term, acc, squares)
+        _kn_group(tile, i, k - i, first, width, term, acc, squares, local)
     _flush_both(0, acc, squares)
     _add_row_if(out, at, acc, 2)
     _add_row_if(out_squares, at, squares, 2)
