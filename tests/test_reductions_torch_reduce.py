@@ -148,12 +148,14 @@ def data(shape, offset, seed, dtype=F32):
 
 # -- the emulation equals the reference --------------------------------------------------------------
 
-#: (outer, C, inner): NCHW rows (short, vectorized, with leftovers), NHWC columns (groups of 4 below 8
+#: (outer, C, inner): NCHW rows (short, vectorized, with leftovers; rows in registers eight at a time
+#: across channels and threads' ranges, and the rows left over), NHWC columns (groups of 4 below 8
 #: columns, of 32 from 32, split between threads at 32768 values or more), one channel (one run, or
 #: per-thread chunks), level 3 of the cascade (4096 items).
 SHAPES = [
     (4, 3, 7),
     (2, 3, 35),
+    (5, 7, 49),
     (3, 5, 323),
     (2, 3, 512),
     (2, 2, 784),

@@ -463,6 +463,31 @@ def gather(typingctx, values, index):
 
 
 @intrinsic
+def add_columns(typingctx, acc, rows):
+    """acc + column 0 + column 1 + ... + column LANES - 1 (in that order) of the LANES x LANES tile
+    ``rows`` (a contiguous 1-d float array, row q at rows[q * LANES:]): lane q adds row q's values in
+    order, as q's own scalar sum over its lanes would, for LANES rows at once."""
+    if not (isinstance(acc, Vector) and isinstance(rows, types.Array) and rows.ndim == 1):
+        return None
+    if rows.dtype != acc.dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[1])(context, builder, args[1]).data
+        vector = ir.VectorType(data.type.pointee, LANES).as_pointer()
+        tile = [
+            builder.load(builder.bitcast(builder.gep(data, [ir.Constant(ir.IntType(64), q * LANES)]), vector))
+            for q in range(LANES)
+        ]
+        total = args[0]
+        for column in _transpose(builder, tile):
+            total = builder.fadd(total, column)
+        return total
+
+    return acc(acc, rows), codegen
+
+
+@intrinsic
 def lane(typingctx, vector, j):
     """Lane j of a Vector."""
     if not (isinstance(vector, Vector) and isinstance(j, types.Integer)):

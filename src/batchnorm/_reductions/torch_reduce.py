@@ -61,7 +61,7 @@ import numpy as np
 from numba import njit
 
 from .._errors import BatchNormError
-from ._fused_kernels import LANES, add, lane, load, run_add, splat, store, zeros
+from ._fused_kernels import LANES, add, add_columns, lane, load, run_add, splat, store, zeros
 from .torch_batchnorm import default_threads
 
 __all__ = ["GRAIN_SIZE", "VECTOR_BYTES", "moments"]
@@ -433,24 +433,28 @@ def _short_vector_row(xs, c, groups, units, zero):
     a_0, b_0 = a[0], b[0]
     for u in range(4 * groups, units):  # the vectors after the last group go to part 0
         a_0, b_0 = run_add(a_0, xs, u * LANES, None), run_add(b_0, xs, u * LANES, center)
-    a_0 = add(add(add(a_0, a[1]), a[2]), a[3])
-    b_0 = add(add(add(b_0, b[1]), b[2]), b[3])
+    return add(add(add(a_0, a[1]), a[2]), a[3]), add(add(add(b_0, b[1]), b[2]), b[3])
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _tail(xs, c, units, zero):
+    """vectorized_inner_sum's scalar start: 0 + each value after the row's ``units`` vectors (and of
+    the squared deviations from c)."""
     sum_a = zero
     sum_b = zero
     for i in range(units * LANES, xs.size):
         d = xs[i] - c
         sum_a += xs[i]
         sum_b += d * d
-    for k in range(LANES):
-        sum_a += lane(a_0, k)
-        sum_b += lane(b_0, k)
     return sum_a, sum_b
 
 
 @_kernel
 def _rows_into(flat, center, C, starts, lengths, lanes, zero, r0, r1, out_a, out_b):
     """Rows r0 .. r1 - 1, row r = flat[starts[r]:starts[r] + lengths[r]] of channel r % C: its sums
-    into out_a[r], out_b[r]."""
+    into out_a[r], out_b[r]. Rows in registers (:func:`_short_vector_row`) go LANES at a time where
+    LANES rows in a row have one length: their lane sums, LANES scalar chains each, run as the columns
+    of two LANES x LANES tiles, one vector add per column (the same operations in the same order)."""
     dtype = flat.dtype
     width = 4 * lanes
     vector_levels = (np.empty((4, width), dtype), np.empty((4, width), dtype), np.empty((1, width), dtype))
@@ -458,15 +462,47 @@ def _rows_into(flat, center, C, starts, lengths, lanes, zero, r0, r1, out_a, out
     scalar_levels = (np.empty((4, 4), dtype), np.empty((4, 4), dtype), np.empty((1, 4), dtype))
     scalar_levels = (*scalar_levels, np.empty((1, 4), dtype))
     cs = np.empty(width, dtype)
+    tile_a, tile_b = np.empty(LANES * LANES, dtype), np.empty(LANES * LANES, dtype)
+    tail_a, tail_b = np.empty(LANES, dtype), np.empty(LANES, dtype)
     c = r0 % C
-    for r in range(r0, r1):
-        xs = flat[starts[r] : starts[r] + lengths[r]]
-        units = xs.size // LANES
-        if lanes == LANES and xs.size >= LANES and units < 4 * ROW_BLOCKS << MIN_POWER:  # at most level 1
-            out_a[r], out_b[r] = _short_vector_row(xs, center[c], units // 4, units, zero)
+    r = r0
+    while r < r1:
+        size = lengths[r]
+        units = size // LANES
+        in_registers = lanes == LANES and size >= LANES and units < 4 * ROW_BLOCKS << MIN_POWER
+        if in_registers and r + LANES <= r1 and _one_length(lengths, r, LANES):
+            for q in range(LANES):
+                xs = flat[starts[r + q] : starts[r + q] + size]
+                a_0, b_0 = _short_vector_row(xs, center[c], units // 4, units, zero)
+                store(tile_a, q * LANES, a_0)
+                store(tile_b, q * LANES, b_0)
+                tail_a[q], tail_b[q] = _tail(xs, center[c], units, zero)
+                c = c + 1 if c + 1 < C else 0
+            store(out_a, r, add_columns(load(tail_a, 0), tile_a))
+            store(out_b, r, add_columns(load(tail_b, 0), tile_b))
+            r += LANES
+            continue
+        xs = flat[starts[r] : starts[r] + size]
+        if in_registers:
+            a_0, b_0 = _short_vector_row(xs, center[c], units // 4, units, zero)
+            sum_a, sum_b = _tail(xs, center[c], units, zero)
+            for k in range(LANES):
+                sum_a += lane(a_0, k)
+                sum_b += lane(b_0, k)
+            out_a[r], out_b[r] = sum_a, sum_b
         else:
             out_a[r], out_b[r] = _row(xs, center[c], lanes, cs, vector_levels, scalar_levels, zero)
         c = c + 1 if c + 1 < C else 0
+        r += 1
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _one_length(lengths, r, count):
+    """Whether rows r .. r + count - 1 have one length."""
+    for q in range(1, count):
+        if lengths[r + q] != lengths[r]:
+            return False
+    return True
 
 
 @_kernel
