@@ -408,11 +408,12 @@ def _added(a, b):
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _short_vector_row(xs, c, groups, units, zero):
-    """:func:`_row` of a row of ``units`` vectors of LANES values (then a scalar tail) in fewer than
-    ROW_BLOCKS blocks of 2**MIN_POWER groups of four vectors, in registers: cascade levels 0 and 1 (a
-    block's end adds level 0 into 1; no level 2 before the 16th block), each of the four ilp parts and
-    both sums. Under one block, level 0 alone (no block ends, and the levels are not added). The same
-    operations in the same order."""
+    """The vector part of :func:`_row` of a row of ``units`` vectors of LANES values (then a scalar tail,
+    :func:`_tail`) in fewer than ROW_BLOCKS blocks of 2**MIN_POWER groups of four vectors, in registers:
+    cascade levels 0 and 1 (a block's end adds level 0 into 1; no level 2 before the 16th block), each of
+    the four ilp parts and both sums. Under one block, level 0 alone (no block ends, and the levels are
+    not added). Returns the two lane vectors ((P_0 + P_1) + P_2) + P_3, whose lanes the row's sums then
+    add in order after the tail. The same operations in the same order."""
     center = splat(c)
     centers = (center, center, center, center)
     z = zeros(zero)
