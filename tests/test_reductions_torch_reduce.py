@@ -151,7 +151,8 @@ def data(shape, offset, seed, dtype=F32):
 #: (outer, C, inner): NCHW rows (short, vectorized, with leftovers; rows in registers eight at a time
 #: across channels and threads' ranges, and the rows left over), NHWC columns (groups of 4 below 8
 #: columns, of 32 from 32, split between threads at 32768 values or more), one channel (one run, or
-#: per-thread chunks), level 3 of the cascade (4096 items).
+#: per-thread chunks), level 3 of the cascade (4096 items: columns in chunks of rows that end on a level-3
+#: boundary, of the cascade alone or of the ilp trees too where some columns take them).
 SHAPES = [
     (4, 3, 7),
     (2, 3, 35),
@@ -169,6 +170,7 @@ SHAPES = [
     (1024, 96, 1),
     (700, 65, 1),
     (4100, 4, 1),
+    (16400, 5, 1),
     (1, 1, 4),
     (40000, 1, 1),
     (2, 1, 20001),

@@ -208,8 +208,10 @@ class _Tree:
         first, end, ilp = (np.ascontiguousarray(modes[:, k]) for k in range(3))
         rows = self.outer
         power_cascade, power_ilp = _level_power(rows), _level_power(rows // 4)
-        # chunks of rows end on a level-3 boundary of both trees: each starts from empty levels
-        chunk = 1 << max(3 * power_cascade, 3 * power_ilp + 2)
+        # chunks of rows end on a level-3 boundary of each tree in use: each starts from empty levels
+        spans = [3 * power_cascade] if not ilp.all() else []
+        spans += [3 * power_ilp + 2] if ilp.any() else []
+        chunk = 1 << max(spans)
         C, dtype = self.C, self.dtype
         blocks, blocks4 = rows >> (3 * power_cascade), (rows // 4) >> (3 * power_ilp)
         levels = (  # levels 0-2 left by the last chunk, then level 3 of each block; by x, by squares
