@@ -530,16 +530,11 @@ def _row(x, start, k1, term, j, acc, squares):
 
 
 @_inline
-def _group_rows(x, group_start, tiles, g, j, term, acc, squares, out, out_squares, index):
-    """out[index] += each row sum of group g's tiles for channel j, in order (and out_squares likewise);
-    ``tiles`` is (tile_offset, tile_k1, tile_k2, stride_k2, stride_n) as in :func:`k1_groups`."""
-    tile_offset, tile_k1, tile_k2, stride_k2, stride_n = tiles
-    for t in range(group_start[g], group_start[g + 1]):
-        for r in range(tile_k2[t]):
-            start = tile_offset[t] + r * stride_k2 + j * stride_n
-            total, total_squares = _row(x, start, tile_k1[t], term, j, acc, squares)
-            out[index] = out[index] + total
-            _add_if(out_squares, index, total_squares)
+def _add_row(x, start, k1, term, j, acc, squares, out, out_squares, index):
+    """out[index] += the sum of the row of k1 values from x[start] (channel j), and out_squares likewise."""
+    total, total_squares = _row(x, start, k1, term, j, acc, squares)
+    out[index] = out[index] + total
+    _add_if(out_squares, index, total_squares)
 
 
 @_parallel
@@ -571,7 +566,6 @@ def k1_groups(
     Tile t covers rows ``tile_offset[t] + r * stride_k2 + j * stride_n`` (r < tile_k2[t]) of tile_k1[t]
     contiguous values each."""
     jobs = (group_start.shape[0] - 1) * n
-    tiles = (tile_offset, tile_k1, tile_k2, stride_k2, stride_n)
     for chunk in prange(chunks):
         acc = np.zeros((4, LANES), dtype=np.float32)
         squares = _scratch_if(out_squares, LANES)
@@ -579,9 +573,17 @@ def k1_groups(
             g = job // n
             j = job % n
             index = slot[g] + j * stride_out
-            _group_rows(x, group_start, tiles, g, j, term, acc, squares, out, out_squares, index)
-            if other is not None:
-                _group_rows(other, group_start, tiles, g, j, other_term, acc, None, other_out, None, index)
+            # the tiles' arrays are read here, not passed on as a tuple: unpacked in a helper, they cost
+            # every job a reference count update per array, an atomic add on memory both threads share
+            for t in range(group_start[g], group_start[g + 1]):
+                for r in range(tile_k2[t]):
+                    start = tile_offset[t] + r * stride_k2 + j * stride_n
+                    _add_row(x, start, tile_k1[t], term, j, acc, squares, out, out_squares, index)
+            if other is not None:  # the same rows again, from cache
+                for t in range(group_start[g], group_start[g + 1]):
+                    for r in range(tile_k2[t]):
+                        start = tile_offset[t] + r * stride_k2 + j * stride_n
+                        _add_row(other, start, tile_k1[t], other_term, j, acc, None, other_out, None, index)
 
 
 @_parallel
