@@ -9,7 +9,8 @@ Arithmetic contract, checked by ``tests/test_kernels.py``:
 
 - ``apply_affine`` and ``grad_input`` are bit-identical to the reference: the same operations in the
   same order and dtype (numba contracts no multiply-add into an FMA and reassociates nothing here; the
-  ``fma`` forms are float64 ``a * b + c`` rounded once to float32, as :func:`batchnorm._arithmetic.fma`),
+  ``fma`` forms are float64 ``a * b + c`` rounded once to float32, as :func:`batchnorm._arithmetic.fma`;
+  the adds after a product run as ``fma(a, 1, b)``, which rounds as ``a + b``: see :mod:`.intrinsics`),
   then one rounding to the output dtype as NumPy and ml_dtypes round (float64 -> bfloat16 and float16
   in one correct rounding, as :mod:`batchnorm._rounding`). float16 and bfloat16 travel as 16-bit
   integers and are converted here: float16 <-> float32 by F16C where the CPU has it, and float64 ->
@@ -47,6 +48,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .._arithmetic import Coefficients
+from .intrinsics import HIDES_VALUES, fma, opaque
 
 __all__ = ["apply_affine", "grad_input", "grad_sums", "moments"]
 
@@ -333,17 +335,31 @@ def _ov_as(v, like):
 # -- elementwise forms (each operation rounded in the compute type, left to right) ----------------
 
 
+def _add(a, b, one):
+    """a + b in the wider type of the two: on the multiply-add units as fma(a, one, b) where
+    :data:`.intrinsics.HIDES_VALUES` (``one`` is 1.0 from :func:`.intrinsics.opaque`), else an add."""
+
+
+@overload(_add)
+def _ov_add(a, b, one):
+    if not HIDES_VALUES:
+        return lambda a, b, one: a + b
+    if a == types.float64 or b == types.float64:
+        return lambda a, b, one: fma(np.float64(a), one, np.float64(b))
+    return lambda a, b, one: fma(a, np.float32(one), b)
+
+
 @_scalar
-def _form(form, x, sh, sc, dv, of, gn):
+def _form(form, x, sh, sc, dv, of, gn, one):
     if form == 0:
-        return (x - sh) * sc + of
+        return _add((x - sh) * sc, of, one)
     if form == 1:
-        return x * sc + of
+        return _add(x * sc, of, one)
     if form == 2:  # a * b + c in float64, rounded once to the compute type (see _arithmetic.fma)
-        return _as(np.float64(x) * np.float64(sc) + np.float64(of), x)
+        return _as(_add(np.float64(x) * np.float64(sc), np.float64(of), one), x)
     if form == 3:
-        return (x - sh) * sc / dv + of
-    return _as(np.float64((x - sh) * sc) * np.float64(gn) + np.float64(of), x)
+        return _add((x - sh) * sc / dv, of, one)
+    return _as(_add(np.float64((x - sh) * sc) * np.float64(gn), np.float64(of), one), x)
 
 
 # Inner loops run over zero-based ranges of slices, ``for i in range(n): ys[i] = ...``: LLVM vectorizes
@@ -379,43 +395,43 @@ def _advance(j, row, c, nseg, C):
 
 
 @_inline
-def _affine_run(form, xs, ys, s, k, d, o, g):
+def _affine_run(form, xs, ys, s, k, d, o, g, one):
     """ys = form(xs) with one channel's coefficients (a run of values of one channel)."""
     if form == 0:
         for i in range(len(xs)):
-            ys[i] = _store(_form(0, _load(xs[i], k), s, k, d, o, g), ys)
+            ys[i] = _store(_form(0, _load(xs[i], k), s, k, d, o, g, one), ys)
     elif form == 1:
         for i in range(len(xs)):
-            ys[i] = _store(_form(1, _load(xs[i], k), s, k, d, o, g), ys)
+            ys[i] = _store(_form(1, _load(xs[i], k), s, k, d, o, g, one), ys)
     elif form == 2:
         for i in range(len(xs)):
-            ys[i] = _store(_form(2, _load(xs[i], k), s, k, d, o, g), ys)
+            ys[i] = _store(_form(2, _load(xs[i], k), s, k, d, o, g, one), ys)
     elif form == 3:
         for i in range(len(xs)):
-            ys[i] = _store(_form(3, _load(xs[i], k), s, k, d, o, g), ys)
+            ys[i] = _store(_form(3, _load(xs[i], k), s, k, d, o, g, one), ys)
     else:
         for i in range(len(xs)):
-            ys[i] = _store(_form(4, _load(xs[i], k), s, k, d, o, g), ys)
+            ys[i] = _store(_form(4, _load(xs[i], k), s, k, d, o, g, one), ys)
 
 
 @_inline
-def _affine_columns(form, xs, ys, sh, sc, dv, of, gn):
+def _affine_columns(form, xs, ys, sh, sc, dv, of, gn, one):
     """ys = form(xs) along a row of columns, a coefficient per column (channels-last)."""
     if form == 0:
         for w in range(len(xs)):
-            ys[w] = _store(_form(0, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+            ys[w] = _store(_form(0, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w], one), ys)
     elif form == 1:
         for w in range(len(xs)):
-            ys[w] = _store(_form(1, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+            ys[w] = _store(_form(1, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w], one), ys)
     elif form == 2:
         for w in range(len(xs)):
-            ys[w] = _store(_form(2, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+            ys[w] = _store(_form(2, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w], one), ys)
     elif form == 3:
         for w in range(len(xs)):
-            ys[w] = _store(_form(3, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+            ys[w] = _store(_form(3, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w], one), ys)
     else:
         for w in range(len(xs)):
-            ys[w] = _store(_form(4, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w]), ys)
+            ys[w] = _store(_form(4, _load(xs[w], sc[w]), sh[w], sc[w], dv[w], of[w], gn[w], one), ys)
 
 
 @_parallel
@@ -424,25 +440,33 @@ def _apply(x, sh, sc, dv, of, gn, form, out, outer, C, inner, nseg, nchunks):
     (channels-last); else rows of ``inner`` values, each split into ``nseg`` segments (the work items)."""
     cols = inner == 1
     items = -(-outer // nseg) if cols else outer * C * nseg
+    one = opaque(1.0)
     for t in prange(nchunks):
         it0 = items * t // nchunks
         it1 = items * (t + 1) // nchunks
         if cols:  # items of nseg rows of C columns
             for r in range(it0 * nseg, min(it1 * nseg, outer)):
-                _affine_columns(form, x[r * C : (r + 1) * C], out[r * C : (r + 1) * C], sh, sc, dv, of, gn)
+                xs, ys = x[r * C : (r + 1) * C], out[r * C : (r + 1) * C]
+                _affine_columns(form, xs, ys, sh, sc, dv, of, gn, one)
         else:
             row, j, c = _position(it0, nseg, C)
             for _ in range(it0, it1):
                 lo, hi = _segment(row, j, inner, nseg)
-                _affine_run(form, x[lo:hi], out[lo:hi], sh[c], sc[c], dv[c], of[c], gn[c])
+                _affine_run(form, x[lo:hi], out[lo:hi], sh[c], sc[c], dv[c], of[c], gn[c], one)
                 j, row, c = _advance(j, row, c, nseg, C)
 
 
 @_inline
-def _grad_run(gs, xs, ys, mc, ac, kc, cc):
+def _grad_run(gs, xs, ys, mc, ac, kc, cc, one):
     """ys = ac * gs + kc * (xs - mc) + cc in float64 for a run of one channel's values."""
     for i in range(len(xs)):
-        ys[i] = _store(ac * _load(gs[i], 0.0) + kc * (_load(xs[i], 0.0) - mc) + cc, ys)
+        ys[i] = _store(_grad_value(_load(gs[i], 0.0), _load(xs[i], 0.0), mc, ac, kc, cc, one), ys)
+
+
+@_inline
+def _grad_value(g, v, m, a, k, c, one):
+    """a * g + k * (v - m) + c, each operation rounded in float64, left to right."""
+    return _add(_add(a * g, k * (v - m), one), c, one)
 
 
 @_parallel
@@ -450,6 +474,7 @@ def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
     """out = a * dy + k * (x - m) + c0 per channel in float64 (layouts as in :func:`_apply`)."""
     cols = inner == 1
     items = -(-outer // nseg) if cols else outer * C * nseg
+    one = opaque(1.0)
     for t in prange(nchunks):
         it0 = items * t // nchunks
         it1 = items * (t + 1) // nchunks
@@ -457,12 +482,13 @@ def _grad_input(dy, x, m, a, k, c0, out, outer, C, inner, nseg, nchunks):
             for r in range(it0 * nseg, min(it1 * nseg, outer)):
                 gs, xs, ys = dy[r * C : (r + 1) * C], x[r * C : (r + 1) * C], out[r * C : (r + 1) * C]
                 for w in range(C):
-                    ys[w] = _store(a[w] * _load(gs[w], 0.0) + k[w] * (_load(xs[w], 0.0) - m[w]) + c0[w], ys)
+                    value = _grad_value(_load(gs[w], 0.0), _load(xs[w], 0.0), m[w], a[w], k[w], c0[w], one)
+                    ys[w] = _store(value, ys)
         else:
             row, j, c = _position(it0, nseg, C)
             for _ in range(it0, it1):
                 lo, hi = _segment(row, j, inner, nseg)
-                _grad_run(dy[lo:hi], x[lo:hi], out[lo:hi], m[c], a[c], k[c], c0[c])
+                _grad_run(dy[lo:hi], x[lo:hi], out[lo:hi], m[c], a[c], k[c], c0[c], one)
                 j, row, c = _advance(j, row, c, nseg, C)
 
 

@@ -23,6 +23,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
+from .._kernels.intrinsics import fma
 from ._eigen_kernels import bursts_ahead, touch_run
 
 SUM, SQUARES, FMA_SQUARES = 0, 1, 2
@@ -33,16 +34,6 @@ _serial = njit(nogil=True, cache=True)
 _parallel = njit(parallel=True, nogil=True, cache=True)
 
 
-@intrinsic
-def fused_multiply_add(typingctx, a, b, c):
-    """a * b + c rounded once (LLVM's llvm.fma)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.fma(*args)
-
-    return a(a, b, c), codegen
-
-
 @_serial
 def _step(acc, v, m, mode):
     if mode == SUM:
@@ -50,7 +41,7 @@ def _step(acc, v, m, mode):
     d = v - m
     if mode == SQUARES:
         return acc + d * d
-    return fused_multiply_add(d, d, acc)
+    return fma(d, d, acc)
 
 
 @_serial

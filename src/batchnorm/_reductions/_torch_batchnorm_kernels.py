@@ -12,30 +12,16 @@ vector and reads float16 / bfloat16 storage directly (no float32 copy of the inp
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
+from .._kernels.intrinsics import fma
 from ._fused_kernels import LANES, lane, run_add, splat, value, zeros
 
-__all__ = ["fma", "lane_moments", "partial_squares", "partial_sums", "serial_moments"]
+__all__ = ["lane_moments", "partial_squares", "partial_sums", "serial_moments"]
 
 _kernel = njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 _serial = njit(nogil=True, cache=True, error_model="numpy")
-
-
-@intrinsic
-def fma(typingctx, a, b, c):
-    """a * b + c with one rounding (``llvm.fma``), for float32 or float64 operands of one type."""
-    if not (isinstance(a, types.Float) and a == b == c):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ty = args[0].type
-        function = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
-        return builder.call(function, args)
-
-    return a(a, b, c), codegen
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
