@@ -8,7 +8,10 @@ JSON. Both libraries run on the same number of threads (``--threads``, default 2
 Columns: ``ours`` and ``torch`` are median milliseconds; ``x torch`` is torch's time over ours (above 1:
 we are faster); ``GB/s`` counts the bytes a path must move (inference: read x, write y; training
 forward: two reads of x, one write; backward: two reads of x and dy, one write of dx); ``copy`` is that
-rate over the rate of a 2-thread copy of x measured in the same loop; ``var rel err`` is the largest
+rate over the rate of a 2-thread copy of x measured in the same loop; ``ceiling`` is the ``x torch`` a
+kernel would reach moving only the bytes no implementation can avoid (x read once and y written once;
+backward reads dy too) at the rate of that copy: a target above it is out of this machine's reach
+whatever the arithmetic; ``var rel err`` is the largest
 per-channel relative error of the batch variance at offsets 0, 1e3 and 1e4 (x = offset + randn in
 float32), ours / PyTorch's, against float64 two-pass on the same float32 data. With ``--runs K`` the
 table is measured K times: each time is the median over the runs, and ``runs`` gives the range of
@@ -64,6 +67,7 @@ class Row:
     torch_ms: float | None
     copy_ms: float
     bytes_moved: int
+    least_bytes: int = 0  # the fewest bytes any implementation of the path moves (0: not given)
     dtype: str = "float32"
     dialect: str = "exact"
     exact_ms: float | None = None
@@ -82,6 +86,13 @@ class Row:
     def copy_fraction(self) -> float:
         copy_gbps = 2 * self._x_bytes / self.copy_ms / 1e6
         return self.gbps / copy_gbps
+
+    @property
+    def ceiling(self) -> float | None:
+        """PyTorch's time over the time of a copy moving ``least_bytes`` at the measured copy rate."""
+        if self.torch_ms is None or not self.least_bytes:
+            return None
+        return self.torch_ms / (self.copy_ms * self.least_bytes / (2 * self._x_bytes))
 
     @property
     def _x_bytes(self) -> int:
@@ -291,6 +302,7 @@ def core_cases(shape, layout, copier, repeats, torch_ok, rng) -> list[Row]:
         theirs["inference out="] = theirs["inference"]
     nbytes = x.nbytes
     moved = {"inference": 2, "inference out=": 2, "training forward": 3, "backward": 5}
+    least = {"inference": 2, "inference out=": 2, "training forward": 2, "backward": 3}
     rows = []
     for path, f in ours.items():
         fns: dict[str, Callable[[], Any]] = {"ours": f, "copy": copy}
@@ -307,6 +319,7 @@ def core_cases(shape, layout, copier, repeats, torch_ok, rng) -> list[Row]:
                 t.get("torch", float("nan")) * 1e3 if torch_ok else None,
                 t["copy"] * 1e3,
                 moved[path] * nbytes,
+                least[path] * nbytes,
             )
         )
     rows[2].var_err = variance_errors(x, axis, layout, torch_ok)
@@ -495,7 +508,7 @@ def table(rows: list[Row]) -> str:
     head = (
         f"{'shape':<19} {'layout':<6} {'path':<17} {'ours ms':>8} {'torch ms':>9} {'x torch':>7} "
         + (f"{'runs':>10} " if ranges else "")
-        + f"{'GB/s':>6} {'copy':>5}  var rel err ours/torch at offset 0, 1e3, 1e4"
+        + f"{'ceiling':>7} {'GB/s':>6} {'copy':>5}  var rel err ours/torch at offset 0, 1e3, 1e4"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -505,7 +518,7 @@ def table(rows: list[Row]) -> str:
             f"{'x'.join(map(str, r.shape)):<19} {r.layout:<6} {r.path:<17} {r.ours_ms:8.3f} "
             f"{_fmt(r.torch_ms, '9.3f'):>9} {_fmt(r.speedup, '7.2f'):>7} "
             + (f"{spread:>10} " if ranges else "")
-            + f"{r.gbps:6.1f} {r.copy_fraction:5.2f}  {errs}"
+            + f"{_fmt(r.ceiling, '7.2f'):>7} {r.gbps:6.1f} {r.copy_fraction:5.2f}  {errs}"
         )
     return "\n".join(lines)
 
@@ -647,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": repeats,
         "runs": len(runs),
         "rows": [
-            dict(asdict(r), speedup=r.speedup, gbps=r.gbps, copy_fraction=r.copy_fraction) for r in rows
+            dict(asdict(r), speedup=r.speedup, ceiling=r.ceiling, gbps=r.gbps, copy_fraction=r.copy_fraction)
+            for r in rows
         ],
         "dialects": [dict(asdict(r), relative_to_exact=r.ours_ms / r.exact_ms) for r in dialect_rows],  # type: ignore[operator]
         "half": [
