@@ -23,7 +23,9 @@ Arithmetic contract, checked by ``tests/test_kernels.py``:
   ``sum_of_squares`` variants accumulate sum(x) and sum(x*x) (the square in the statistics dtype) and
   finish with the reference's formula in that dtype. float32 statistics are the float64 ones rounded
   once. Results agree with the reference to float64 rounding (about 1e-13 relative), not bit for bit.
-  Reductions use ``fastmath={"reassoc"}`` only (SIMD sums; NaN and inf semantics kept).
+  Reductions use ``fastmath={"reassoc"}`` only (SIMD sums; NaN and inf semantics kept); the squared
+  deviations and the backward's products add as multiply-adds (:func:`.intrinsics.multiply_add`,
+  fused on FMA machines), which keeps the adders free for the conversions (1.2-2x on data in cache).
 
 Layouts: ``(outer, C, inner)`` with ``inner >= ROW_MIN`` runs along rows of ``inner`` values (NCHW),
 segment by segment; smaller ``inner`` (channels-last has ``inner == 1``) runs along rows of
@@ -48,7 +50,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .._arithmetic import Coefficients
-from .intrinsics import HIDES_VALUES, fma, opaque
+from .intrinsics import HIDES_VALUES, fma, multiply_add, opaque
 
 __all__ = ["apply_affine", "grad_input", "grad_sums", "moments"]
 
@@ -551,7 +553,7 @@ def _squared_deviations(xs, mb):
     q = 0.0
     for i in range(len(xs)):
         d = _load(xs[i], 0.0) - mb
-        q += d * d
+        q = multiply_add(d, d, q)
     return q
 
 
@@ -635,7 +637,7 @@ def _moments(x, squares, sq32, outer, C, inner, nseg, block, nchunks):
                     xs = x[r * C : (r + 1) * C]
                     for w in range(C):
                         d = _load(xs[w], 0.0) - s1[w]
-                        s2[w] += d * d
+                        s2[w] = multiply_add(d, d, s2[w])
                 n = na + nb
                 inv = 1.0 / n
                 fa, fb, g = na * inv, nb * inv, na * nb * inv
@@ -707,7 +709,7 @@ def _grad_sums(dy, x, m, outer, C, inner, nseg, block, nchunks):
                     for w in range(C):
                         g = _load(gs[w], 0.0)
                         s1[w] += g
-                        s2[w] += g * (_load(xs[w], 0.0) - m[w])
+                        s2[w] = multiply_add(g, _load(xs[w], 0.0) - m[w], s2[w])
                 for w in range(C):
                     a1[w] += s1[w]
                     a2[w] += s2[w]
@@ -726,7 +728,7 @@ def _grad_sums(dy, x, m, outer, C, inner, nseg, block, nchunks):
             for i in range(hi - lo):
                 g = _load(gs[i], 0.0)
                 s1 += g
-                s2 += g * (_load(xs[i], 0.0) - mc)
+                s2 = multiply_add(g, _load(xs[i], 0.0) - mc, s2)
             acc1[t, c] += s1
             acc2[t, c] += s2
             j, row, c = _advance(j, row, c, nseg, C)

@@ -1,6 +1,8 @@
-"""Two LLVM operations numba does not spell, for the compiled kernels.
+"""Three LLVM operations numba does not spell, for the compiled kernels.
 
 - :func:`fma`: ``a * b + c`` rounded once (``llvm.fma``), for float32 or float64 operands of one type.
+- :func:`multiply_add`: ``a * b + c``, fused where the CPU fuses (``llvm.fmuladd``), and free to be
+  reassociated as a sum's term: for the statistics, which agree with the reference to rounding only.
 - :func:`opaque`: its argument, passed through an empty inline-assembly statement, so that the optimizer
   cannot know its value.
 
@@ -21,7 +23,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["HIDES_VALUES", "fma", "opaque"]
+__all__ = ["HIDES_VALUES", "fma", "multiply_add", "opaque"]
 
 
 def _hides_values() -> bool:
@@ -50,6 +52,21 @@ def fma(typingctx, a, b, c):
 
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def multiply_add(typingctx, a, b, c):
+    """a * b + c, one rounding or two as the target fuses (``llvm.fmuladd``); marked reassociable, so
+    that a loop summing such terms vectorizes as a reduction."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        function = builder.module.declare_intrinsic("llvm.fmuladd", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(function, args, fastmath=("reassoc", "contract"))
 
     return a(a, b, c), codegen
 
