@@ -223,6 +223,10 @@ def _build(*, avx: bool) -> dict[str, Callable[..., None]]:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
+    from ._kernels import intrinsics
+
+    fma: Any = intrinsics.fma  # an intrinsic: its call signature is numba's, not the Python one
+
     f32 = ir.FloatType()
     lane0 = ir.Constant(ir.IntType(32), 0)
 
@@ -245,19 +249,6 @@ def _build(*, avx: bool) -> dict[str, Callable[..., None]]:
 
         return intrinsic(impl)
 
-    def fma_impl(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
-        if not (a == b == c == types.float32):
-            return None
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32"
-            )
-            return builder.call(fn, list(args))
-
-        return types.float32(types.float32, types.float32, types.float32), codegen
-
-    fma32: Any = intrinsic(fma_impl)
     kernels: dict[str, Callable[..., None]] = {}
     one = np.float32(1.0)
     minus_one = np.float32(-1.0)
@@ -302,8 +293,8 @@ def _build(*, avx: bool) -> dict[str, Callable[..., None]]:
                 r2 = a * z
                 half = z * minus_half
                 if contract:  # XLA compiles for the host: LLVM forms FMAs where the host has FMA
-                    h = fma32(r2, z, minus_one)
-                    z = fma32(half, h, z)
+                    h = fma(r2, z, minus_one)
+                    z = fma(half, h, z)
                 else:
                     h = r2 * z + minus_one
                     z = half * h + z
